@@ -1,0 +1,3 @@
+from model_starter.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,384 @@
+"""The YAML model list, parsed into typed, validated, immutable specs.
+
+Validation walks PyYAML's node tree (not the plain data) so every problem can
+name its file and line; all problems are collected before reporting.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = [
+    "ADMIN_PREFIX",
+    "Config",
+    "ConfigError",
+    "ModelSpec",
+    "NginxSettings",
+    "load_config",
+    "parse_config",
+]
+
+MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+# Model names start with an alphanumeric, so this prefix can never be a model.
+ADMIN_PREFIX = "/_ms"
+BODY_SIZE_RE = re.compile(r"^[0-9]+[kKmMgG]?$")
+
+
+class ConfigError(Exception):
+    """Every problem found in one config file, each as "file:line: message"."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    command: tuple[str, ...]
+    port: int
+    host: str = "127.0.0.1"
+    health: str = "/health"
+    startup_timeout: float = 600.0
+    idle_timeout: float = 900.0
+    env: Mapping[str, str] = field(default_factory=dict)
+    cwd: str | None = None
+    stop_signal: int = int(signal.SIGTERM)
+    stop_timeout: float = 10.0
+    client_max_body_size: str = "100m"
+
+    @property
+    def hold_timeout(self) -> float:
+        """How long the daemon may hold a request for this model (start + eviction wait)."""
+        return 2 * self.startup_timeout + self.stop_timeout + 10
+
+
+@dataclass(frozen=True)
+class NginxSettings:
+    listen: str = "127.0.0.1:8000"
+    proxy_timeout: float = 3600.0
+    client_max_body_size: str = "100m"
+
+
+@dataclass(frozen=True)
+class Config:
+    models: Mapping[str, ModelSpec]
+    listen_host: str = "127.0.0.1"
+    listen_port: int = 8080
+    nginx: NginxSettings = NginxSettings()
+    inference_host: str = "localhost"
+    inference_port: int = 5002
+    log_dir: str = "logs"
+    state_dir: str = "state"
+    log_max_bytes: int = 10 * 1024 * 1024
+    source: str = "<string>"
+
+    @property
+    def listen(self) -> str:
+        return f"{self.listen_host}:{self.listen_port}"
+
+    @property
+    def max_hold_timeout(self) -> float:
+        return max((m.hold_timeout for m in self.models.values()), default=60.0)
+
+
+# --- node helpers -----------------------------------------------------------------------
+
+Node = yaml.Node
+
+
+class _Ctx:
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.problems: list[str] = []
+
+    def err(self, node: Node | None, where: str, msg: str) -> None:
+        line = node.start_mark.line + 1 if node is not None else 1
+        self.problems.append(f"{self.source}:{line}: {where}: {msg}")
+
+
+def _scalar(node: Node) -> Any:
+    """Resolve a scalar node to a Python value with YAML's normal tag rules."""
+    return yaml.safe_load(yaml.serialize(node)) if isinstance(node, yaml.ScalarNode) else None
+
+
+def _mapping(ctx: _Ctx, node: Node, where: str) -> list[tuple[str, Node, Node]] | None:
+    if not isinstance(node, yaml.MappingNode):
+        ctx.err(node, where, "expected a mapping")
+        return None
+    out: list[tuple[str, Node, Node]] = []
+    seen: set[str] = set()
+    for knode, vnode in node.value:
+        key = _scalar(knode)
+        if not isinstance(key, str):
+            ctx.err(knode, where, f"keys must be strings, got {key!r}")
+            continue
+        if key in seen:
+            ctx.err(knode, f"{where}.{key}" if where else key, "duplicate key")
+            continue
+        seen.add(key)
+        out.append((key, knode, vnode))
+    return out
+
+
+Conv = Callable[[_Ctx, Node, str], Any]
+_BAD = object()
+
+
+def _str(ctx: _Ctx, node: Node, where: str) -> Any:
+    v = _scalar(node)
+    if not isinstance(v, str) or not v:
+        ctx.err(node, where, f"expected a non-empty string, got {_show(node)}")
+        return _BAD
+    return v
+
+
+def _number(lo: float, hi: float) -> Conv:
+    def conv(ctx: _Ctx, node: Node, where: str) -> Any:
+        v = _scalar(node)
+        if isinstance(v, bool) or not isinstance(v, int | float) or not lo <= v <= hi:
+            ctx.err(node, where, f"expected a number of seconds {lo:g}..{hi:g}, got {_show(node)}")
+            return _BAD
+        return float(v)
+
+    return conv
+
+
+def _int(lo: int, hi: int, what: str = "an integer") -> Conv:
+    def conv(ctx: _Ctx, node: Node, where: str) -> Any:
+        v = _scalar(node)
+        if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+            ctx.err(node, where, f"expected {what} {lo}..{hi}, got {_show(node)}")
+            return _BAD
+        return v
+
+    return conv
+
+
+_port = _int(1, 65535, "a port")
+
+
+def _argv(ctx: _Ctx, node: Node, where: str) -> Any:
+    if not isinstance(node, yaml.SequenceNode) or not node.value:
+        ctx.err(node, where, "expected a non-empty list of strings (argv; no shell is used)")
+        return _BAD
+    out = []
+    for i, item in enumerate(node.value):
+        v = _scalar(item)
+        if isinstance(v, bool) or not isinstance(v, str | int | float):
+            ctx.err(item, f"{where}[{i}]", f"expected a string, got {_show(item)}")
+            return _BAD
+        out.append(str(v))
+    return tuple(out)
+
+
+def _env(ctx: _Ctx, node: Node, where: str) -> Any:
+    items = _mapping(ctx, node, where)
+    if items is None:
+        return _BAD
+    out: dict[str, str] = {}
+    for key, _k, vnode in items:
+        v = _scalar(vnode)
+        if isinstance(v, bool) or not isinstance(v, str | int | float):
+            ctx.err(vnode, f"{where}.{key}", f"expected a string, got {_show(vnode)}")
+            continue
+        out[key] = str(v)
+    return out
+
+
+def _health(ctx: _Ctx, node: Node, where: str) -> Any:
+    v = _scalar(node)
+    if not isinstance(v, str) or not v.startswith("/"):
+        ctx.err(node, where, f"expected an HTTP path starting with '/', got {_show(node)}")
+        return _BAD
+    return v
+
+
+def _signal(ctx: _Ctx, node: Node, where: str) -> Any:
+    v = _scalar(node)
+    name = v.upper() if isinstance(v, str) else ""
+    name = name if name.startswith("SIG") else f"SIG{name}"
+    sig = getattr(signal.Signals, name, None) if name.isalpha() or "SIGRT" in name else None
+    if sig is None:
+        ctx.err(node, where, f"expected a signal name such as SIGTERM or SIGINT, got {_show(node)}")
+        return _BAD
+    return int(sig)
+
+
+def _body_size(ctx: _Ctx, node: Node, where: str) -> Any:
+    v = _scalar(node)
+    if isinstance(v, bool) or not BODY_SIZE_RE.match(str(v)):
+        ctx.err(node, where, f"expected an nginx size such as 100m, got {_show(node)}")
+        return _BAD
+    return str(v)
+
+
+def _hostport(ctx: _Ctx, node: Node, where: str) -> Any:
+    v = _scalar(node)
+    if isinstance(v, str) and ":" in v:
+        host, _, port = v.rpartition(":")
+        if host and port.isdigit() and 1 <= int(port) <= 65535:
+            return (host.strip("[]"), int(port))
+    ctx.err(node, where, f"expected HOST:PORT, got {_show(node)}")
+    return _BAD
+
+
+def _show(node: Node) -> str:
+    if isinstance(node, yaml.MappingNode):
+        return "a mapping"
+    if isinstance(node, yaml.SequenceNode):
+        return "a list"
+    return repr(_scalar(node))
+
+
+def _section(
+    ctx: _Ctx, node: Node, where: str, fields: Mapping[str, Conv], required: tuple[str, ...] = ()
+) -> dict[str, Any] | None:
+    """Convert a mapping with a fixed set of keys; unknown keys are errors."""
+    items = _mapping(ctx, node, where)
+    if items is None:
+        return None
+    out: dict[str, Any] = {}
+    for key, knode, vnode in items:
+        path = f"{where}.{key}" if where else key
+        conv = fields.get(key)
+        if conv is None:
+            ctx.err(knode, path, f"unknown key (allowed: {', '.join(sorted(fields))})")
+            continue
+        value = conv(ctx, vnode, path)
+        if value is not _BAD:
+            out[key] = value
+    for key in required:
+        if key not in out and not any(k == key for k, _, _ in items):
+            ctx.err(node, where, f"missing required key '{key}'")
+    return out
+
+
+_MODEL_FIELDS: dict[str, Conv] = {
+    "command": _argv,
+    "port": _port,
+    "host": _str,
+    "health": _health,
+    "startup_timeout": _number(0.1, 86400),
+    "idle_timeout": _number(0, 10**7),
+    "env": _env,
+    "cwd": _str,
+    "stop_signal": _signal,
+    "stop_timeout": _number(0, 3600),
+    "client_max_body_size": _body_size,
+}
+_NGINX_FIELDS: dict[str, Conv] = {
+    "listen": _str,
+    "proxy_timeout": _number(1, 86400 * 7),
+    "client_max_body_size": _body_size,
+}
+_INFERENCE_FIELDS: dict[str, Conv] = {"host": _str, "port": _port}
+_TOP_FIELDS: dict[str, Conv] = {
+    "listen": _hostport,
+    "nginx": lambda ctx, n, w: _section(ctx, n, w, _NGINX_FIELDS),
+    "inference_server": lambda ctx, n, w: _section(ctx, n, w, _INFERENCE_FIELDS),
+    "models": lambda ctx, n, w: n,  # validated below, needs the names
+    "log_dir": _str,
+    "state_dir": _str,
+    "log_max_bytes": _int(4096, 2**40),
+}
+
+
+def _models(ctx: _Ctx, node: Node, base: Path, nginx_body: str) -> dict[str, ModelSpec]:
+    items = _mapping(ctx, node, "models")
+    if items is None:
+        return {}
+    if not items:
+        ctx.err(node, "models", "at least one model is required")
+    models: dict[str, ModelSpec] = {}
+    taken: dict[tuple[str, int], str] = {}
+    for name, knode, vnode in items:
+        where = f"models.{name}"
+        if not MODEL_NAME_RE.match(name):
+            ctx.err(knode, where, "model names must match ^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+            continue
+        values = _section(ctx, vnode, where, _MODEL_FIELDS, required=("command", "port"))
+        if values is None or "command" not in values or "port" not in values:
+            continue
+        if "cwd" in values:
+            values["cwd"] = str(base / values["cwd"])
+        values.setdefault("client_max_body_size", nginx_body)
+        spec = ModelSpec(name=name, **values)
+        addr = (_canonical_host(spec.host), spec.port)
+        if addr in taken:
+            ctx.err(knode, where, f"{spec.host}:{spec.port} is already used by model '{taken[addr]}'")
+            continue
+        taken[addr] = name
+        models[name] = spec
+    return models
+
+
+def _canonical_host(host: str) -> str:
+    return "127.0.0.1" if host in ("localhost", "127.0.0.1", "::1", "ip6-localhost") else host
+
+
+def parse_config(
+    text: str, source: str = "<string>", environ: Mapping[str, str] | None = None
+) -> Config:
+    """Parse and validate a config document; raise ConfigError listing every problem."""
+    env = os.environ if environ is None else environ
+    ctx = _Ctx(source)
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else 1
+        raise ConfigError([f"{source}:{line}: invalid YAML: {exc}"]) from None
+    if root is None:
+        raise ConfigError([f"{source}:1: the file is empty; 'models' is required"])
+    top = _section(ctx, root, "", _TOP_FIELDS, required=("models",))
+    if top is None:
+        raise ConfigError(ctx.problems)
+    base = Path(source).resolve().parent if source != "<string>" else Path.cwd()
+    nginx = NginxSettings(**top.get("nginx") or {})
+    models = _models(ctx, top["models"], base, nginx.client_max_body_size) if "models" in top else {}
+    inference = top.get("inference_server") or {}
+    inference_host = inference.get("host", env.get("INFERENCE_SERVER_HOST") or "localhost")
+    inference_port: Any = inference.get("port")
+    if inference_port is None:
+        raw = env.get("INFERENCE_SERVER_PORT") or "5002"
+        if raw.isdigit() and 1 <= int(raw) <= 65535:
+            inference_port = int(raw)
+        else:
+            ctx.problems.append(f"$INFERENCE_SERVER_PORT: expected a port 1..65535, got {raw!r}")
+            inference_port = 5002
+    if ctx.problems:
+        raise ConfigError(ctx.problems)
+    listen_host, listen_port = top.get("listen", ("127.0.0.1", 8080))
+    state_default = env.get("STATE_DIRECTORY") or str(base / ".model-starter")
+    logs_default = env.get("LOGS_DIRECTORY") or str(Path(state_default) / "logs")
+    return Config(
+        models=models,
+        listen_host=listen_host,
+        listen_port=listen_port,
+        nginx=nginx,
+        inference_host=inference_host,
+        inference_port=inference_port,
+        log_dir=str(base / top["log_dir"]) if "log_dir" in top else logs_default,
+        state_dir=str(base / top["state_dir"]) if "state_dir" in top else state_default,
+        log_max_bytes=top.get("log_max_bytes", Config.log_max_bytes),
+        source=source,
+    )
+
+
+def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None) -> Config:
+    """Read and validate a config file."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError([f"{p}:1: cannot read config: {exc}"]) from None
+    return parse_config(text, str(p), environ)

@@ -1,0 +1,62 @@
+"""The launcher interface and the error every launcher raises when a start fails."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Protocol
+
+__all__ = ["Launcher", "StartError"]
+
+
+class StartError(Exception):
+    """A start that failed; carries what the client and the status need to see."""
+
+    def __init__(
+        self,
+        reason: str,
+        detail: str,
+        *,
+        exit_status: int | None = None,
+        log_tail: list[str] | None = None,
+        retry_after: int = 5,
+    ) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+        self.exit_status = exit_status
+        self.log_tail = log_tail or []
+        self.retry_after = retry_after
+
+    def as_json(self, model: str) -> dict[str, object]:
+        return {
+            "error": self.reason,
+            "model": model,
+            "detail": self.detail,
+            "exit_status": self.exit_status,
+            "log_tail": self.log_tail,
+        }
+
+
+class Launcher(Protocol):
+    """Starts and stops one model. Readiness is checked by the supervisor, not here."""
+
+    kind: str
+
+    @property
+    def pid(self) -> int | None: ...
+
+    @property
+    def exited(self) -> asyncio.Future[int] | None:
+        """Resolves with the exit status when the model's process ends (None: no process)."""
+
+    async def start(self) -> None:
+        """Begin running the model; raise StartError if that is impossible."""
+
+    async def stop(self) -> None:
+        """Stop the model; return once it is gone. Safe to call when not running."""
+
+    def tail(self, lines: int = 20) -> list[str]:
+        """The last lines of the model's log."""
+
+    def maintain(self) -> None:
+        """Periodic housekeeping (log bounds); cheap and synchronous."""

@@ -238,7 +238,7 @@ def test_sigterm_stops_every_model(tmp_path: Path, record: Path) -> None:
         "b": fake_model(free_port(), "--ignore-sigterm", record=record),
     }
     models["b"]["stop_timeout"] = 1
-    with stack(tmp_path, models) as s:
+    with stack(tmp_path, models, extra={"resources": {"gpu": 1}}) as s:  # both fit
         assert s.get("/a/x").status == 200
         assert s.get("/b/x").status == 200
         pids = [r["pid"] for r in starts(record)]

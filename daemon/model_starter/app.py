@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from typing import Any
 
 from sanic import HTTPResponse, Request, Sanic
@@ -29,7 +30,7 @@ from sanic.exceptions import SanicException
 from model_starter.config import ADMIN_PREFIX, Config
 from model_starter.launchers import StartError
 from model_starter.pool import ModelPool
-from model_starter.supervisor import ModelSupervisor
+from model_starter.supervisor import ModelSupervisor, State
 
 __all__ = [
     "MODEL_HEADER",
@@ -165,6 +166,8 @@ def create_app(config: Config, name: str = "model_starter") -> Sanic[Any, Any]:
 
 def _status(sup: ModelSupervisor) -> dict[str, Any]:
     err = sup.last_error
+    now = time.monotonic()
+    backoff = sup.backoff_until(now)
     return {
         "name": sup.spec.name,
         "state": str(sup.state),
@@ -174,8 +177,17 @@ def _status(sup: ModelSupervisor) -> dict[str, Any]:
         "host": sup.spec.host,
         "port": sup.spec.port,
         "held": sup.held,
+        "in_flight": sup.in_flight,
+        "busy": sup.busy(now),
+        "idle_seconds": round(sup.idle_for(now), 3) if sup.state is State.READY else None,
+        "last_activity": time.time() - (now - sup.last_activity),
         "starts": sup.starts,
         "failed_starts": sup.failed_starts,
+        "crashes": sup.crashes,
+        "stop_reason": sup.stop_reason,
+        "backoff_seconds": None if backoff is None else round(backoff - now, 3),
+        "pinned": sup.spec.pinned,
+        "requires": dict(sup.spec.requires),
         "last_start_seconds": sup.last_start_seconds,
         "last_error": None if err is None else err.as_json(sup.spec.name),
     }

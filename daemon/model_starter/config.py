@@ -20,6 +20,7 @@ __all__ = [
     "ADMIN_PREFIX",
     "Config",
     "ConfigError",
+    "CrashLoop",
     "ModelSpec",
     "NginxSettings",
     "load_config",
@@ -41,6 +42,19 @@ class ConfigError(Exception):
 
 
 @dataclass(frozen=True)
+class CrashLoop:
+    """`max_failures` failed starts or crashes within `window` s: no start for `backoff` s."""
+
+    max_failures: int = 3
+    window: float = 60.0
+    backoff: float = 30.0
+
+
+# With no `resources:` declared, every model holds the one slot: one model at a time.
+ONE_AT_A_TIME = {"models": 1.0}
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     name: str
     command: tuple[str, ...]
@@ -54,6 +68,12 @@ class ModelSpec:
     stop_signal: int = int(signal.SIGTERM)
     stop_timeout: float = 10.0
     client_max_body_size: str = "100m"
+    stop_command: tuple[str, ...] | None = None
+    requires: Mapping[str, float] = field(default_factory=lambda: dict(ONE_AT_A_TIME))
+    pinned: bool = False
+    preload: bool = False
+    max_waiting: int = 2048
+    crash_loop: CrashLoop = CrashLoop()
 
     @property
     def hold_timeout(self) -> float:
@@ -79,6 +99,8 @@ class Config:
     log_dir: str = "logs"
     state_dir: str = "state"
     log_max_bytes: int = 10 * 1024 * 1024
+    resources: Mapping[str, float] = field(default_factory=lambda: dict(ONE_AT_A_TIME))
+    release_grace: float = 3.0
     source: str = "<string>"
 
     @property
@@ -231,6 +253,40 @@ def _hostport(ctx: _Ctx, node: Node, where: str) -> Any:
     return _BAD
 
 
+def _bool(ctx: _Ctx, node: Node, where: str) -> Any:
+    v = _scalar(node)
+    if not isinstance(v, bool):
+        ctx.err(node, where, f"expected true or false, got {_show(node)}")
+        return _BAD
+    return v
+
+
+def _amounts(ctx: _Ctx, node: Node, where: str) -> Any:
+    items = _mapping(ctx, node, where)
+    if items is None:
+        return _BAD
+    out: dict[str, float] = {}
+    for key, _k, vnode in items:
+        v = _scalar(vnode)
+        if isinstance(v, bool) or not isinstance(v, int | float) or v < 0:
+            ctx.err(vnode, f"{where}.{key}", f"expected a number >= 0, got {_show(vnode)}")
+            continue
+        out[key] = float(v)
+    return out
+
+
+_CRASH_FIELDS: dict[str, Conv] = {
+    "max_failures": _int(0, 10**6),
+    "window": _number(0, 10**7),
+    "backoff": _number(0, 10**7),
+}
+
+
+def _crash_loop(ctx: _Ctx, node: Node, where: str) -> Any:
+    values = _section(ctx, node, where, _CRASH_FIELDS)
+    return _BAD if values is None else CrashLoop(**values)
+
+
 def _show(node: Node) -> str:
     if isinstance(node, yaml.MappingNode):
         return "a mapping"
@@ -262,10 +318,8 @@ def _section(
     return out
 
 
-_MODEL_FIELDS: dict[str, Conv] = {
-    "command": _argv,
-    "port": _port,
-    "host": _str,
+# Keys a model may set that `defaults:` may set for every model too.
+_SHARED_FIELDS: dict[str, Conv] = {
     "health": _health,
     "startup_timeout": _number(0.1, 86400),
     "idle_timeout": _number(0, 10**7),
@@ -274,6 +328,18 @@ _MODEL_FIELDS: dict[str, Conv] = {
     "stop_signal": _signal,
     "stop_timeout": _number(0, 3600),
     "client_max_body_size": _body_size,
+    "max_waiting": _int(1, 10**6),
+    "crash_loop": _crash_loop,
+}
+_MODEL_FIELDS: dict[str, Conv] = {
+    "command": _argv,
+    "port": _port,
+    "host": _str,
+    "stop_command": _argv,
+    "requires": _amounts,
+    "pinned": _bool,
+    "preload": _bool,
+    **_SHARED_FIELDS,
 }
 _NGINX_FIELDS: dict[str, Conv] = {
     "listen": _str,
@@ -289,10 +355,16 @@ _TOP_FIELDS: dict[str, Conv] = {
     "log_dir": _str,
     "state_dir": _str,
     "log_max_bytes": _int(4096, 2**40),
+    "resources": _amounts,
+    "defaults": lambda ctx, n, w: _section(ctx, n, w, _SHARED_FIELDS),
+    "release_grace": _number(0, 600),
 }
 
 
-def _models(ctx: _Ctx, node: Node, base: Path, nginx_body: str) -> dict[str, ModelSpec]:
+def _models(
+    ctx: _Ctx, node: Node, base: Path, defaults: Mapping[str, Any],
+    resources: Mapping[str, float] | None,
+) -> dict[str, ModelSpec]:
     items = _mapping(ctx, node, "models")
     if items is None:
         return {}
@@ -308,9 +380,13 @@ def _models(ctx: _Ctx, node: Node, base: Path, nginx_body: str) -> dict[str, Mod
         values = _section(ctx, vnode, where, _MODEL_FIELDS, required=("command", "port"))
         if values is None or "command" not in values or "port" not in values:
             continue
+        values = {**defaults, **values}
         if "cwd" in values:
             values["cwd"] = str(base / values["cwd"])
-        values.setdefault("client_max_body_size", nginx_body)
+        if "requires" in values:
+            _check_requires(ctx, knode, where, values["requires"], resources)
+        elif resources is not None:
+            values["requires"] = {}  # declared capacities: a model holds only what it says
         spec = ModelSpec(name=name, **values)
         addr = (_canonical_host(spec.host), spec.port)
         if addr in taken:
@@ -318,7 +394,39 @@ def _models(ctx: _Ctx, node: Node, base: Path, nginx_body: str) -> dict[str, Mod
             continue
         taken[addr] = name
         models[name] = spec
+    _check_pinned(ctx, node, models, resources)
     return models
+
+
+def _check_pinned(
+    ctx: _Ctx, node: Node, models: Mapping[str, ModelSpec], resources: Mapping[str, float] | None
+) -> None:
+    """Pinned models are never evicted, so what they hold is never free for the others."""
+    capacity = resources if resources is not None else ONE_AT_A_TIME
+    for spec in models.values():
+        for res, cap in capacity.items():
+            pinned = sum(m.requires.get(res, 0.0) for m in models.values()
+                         if m.pinned and m.name != spec.name)
+            if pinned + spec.requires.get(res, 0.0) > cap + 1e-9:
+                ctx.err(node, f"models.{spec.name}",
+                        f"can never start: pinned models hold {pinned:g} of {res} "
+                        f"(capacity {cap:g}) and it needs {spec.requires.get(res, 0.0):g}")
+
+
+def _check_requires(
+    ctx: _Ctx, node: Node, where: str, requires: Mapping[str, float],
+    resources: Mapping[str, float] | None,
+) -> None:
+    if resources is None:
+        ctx.err(node, f"{where}.requires", "needs top-level `resources:` declaring capacities")
+        return
+    for res, amount in requires.items():
+        if res not in resources:
+            ctx.err(node, f"{where}.requires.{res}",
+                    f"unknown resource (declared: {', '.join(sorted(resources)) or 'none'})")
+        elif amount > resources[res]:
+            ctx.err(node, f"{where}.requires.{res}",
+                    f"{amount:g} can never fit: the capacity is {resources[res]:g}")
 
 
 def _canonical_host(host: str) -> str:
@@ -344,7 +452,9 @@ def parse_config(
         raise ConfigError(ctx.problems)
     base = Path(source).resolve().parent if source != "<string>" else Path.cwd()
     nginx = NginxSettings(**top.get("nginx") or {})
-    models = _models(ctx, top["models"], base, nginx.client_max_body_size) if "models" in top else {}
+    defaults = {"client_max_body_size": nginx.client_max_body_size, **(top.get("defaults") or {})}
+    resources = top.get("resources")
+    models = _models(ctx, top["models"], base, defaults, resources) if "models" in top else {}
     inference = top.get("inference_server") or {}
     inference_host = inference.get("host", env.get("INFERENCE_SERVER_HOST") or "localhost")
     inference_port: Any = inference.get("port")
@@ -370,6 +480,8 @@ def parse_config(
         log_dir=str(base / top["log_dir"]) if "log_dir" in top else logs_default,
         state_dir=str(base / top["state_dir"]) if "state_dir" in top else state_default,
         log_max_bytes=top.get("log_max_bytes", Config.log_max_bytes),
+        resources=dict(ONE_AT_A_TIME) if resources is None else resources,
+        release_grace=top.get("release_grace", Config.release_grace),
         source=source,
     )
 

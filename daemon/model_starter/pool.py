@@ -1,33 +1,48 @@
-"""All configured models: their supervisors, the shared HTTP client, housekeeping."""
+"""All configured models: admission under capacity, activity, idle stops, housekeeping.
+
+Starts are admitted one at a time (a lock): admission picks victims with the pure
+`policy.choose_victims`, then asks each victim's owner to stop; an owner that became
+busy in the meantime refuses, and admission looks again. Busy victims are waited
+for (their in-flight requests finish) up to the starting model's startup_timeout.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
 
+from model_starter.activity import scan_ports
 from model_starter.config import Config, ModelSpec
 from model_starter.health import HealthChecker
-from model_starter.launchers import Launcher, ProcessLauncher
+from model_starter.launchers import Launcher, ProcessLauncher, StartError
 from model_starter.logfile import LogFile
-from model_starter.supervisor import ModelSupervisor
+from model_starter.policy import Holder, choose_victims
+from model_starter.supervisor import Event, ModelSupervisor, State
 
 __all__ = ["ModelPool"]
 
 log = logging.getLogger("model_starter.pool")
 
 HOUSEKEEPING_INTERVAL = 5.0
+ACTIVITY_INTERVAL = 0.5
+DRAIN_POLL = 0.05
 
 
 class ModelPool:
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, clock: Callable[[], float] = time.monotonic) -> None:
         self.config = config
         self.models: dict[str, ModelSupervisor] = {}
+        self.listeners: list[Callable[[Event], None]] = []
+        self._clock = clock
         self._session: aiohttp.ClientSession | None = None
-        self._housekeeping: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._admission = asyncio.Lock()
 
     def get(self, name: str) -> ModelSupervisor | None:
         return self.models.get(name)
@@ -38,12 +53,106 @@ class ModelPool:
         self._session = aiohttp.ClientSession(connector=connector)
         health = HealthChecker(self._session)
         for name, spec in self.config.models.items():
-            self.models[name] = ModelSupervisor(spec, self._launcher(spec), health)
-        self._housekeeping = asyncio.get_running_loop().create_task(self._housekeep())
+            sup = ModelSupervisor(spec, self._launcher(spec), health, self._make_room,
+                                  self.config.release_grace, self._clock)
+            sup.listeners.append(self._emit)
+            self.models[name] = sup
+        await asyncio.gather(*(sup.adopt() for sup in self.models.values()))
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._housekeep()), loop.create_task(self._watch_activity())]
+        for sup in self.models.values():
+            if sup.spec.preload and sup.state is not State.READY:
+                loop.create_task(self._preload(sup))
+
+    def _emit(self, event: Event) -> None:
+        for listener in self.listeners:
+            listener(event)
 
     def _launcher(self, spec: ModelSpec) -> Launcher:
         logfile = LogFile(Path(self.config.log_dir) / f"{spec.name}.log", self.config.log_max_bytes)
-        return ProcessLauncher(spec, logfile)
+        return ProcessLauncher(spec, logfile, Path(self.config.state_dir))
+
+    async def _preload(self, sup: ModelSupervisor) -> None:
+        with contextlib.suppress(StartError):
+            await sup.ensure_ready()
+
+    # -- capacity --------------------------------------------------------------------------
+
+    def _holders(self, starting: ModelSupervisor, now: float) -> list[Holder]:
+        out = []
+        for sup in self.models.values():
+            if sup is starting:
+                continue
+            if sup.state in (State.READY, State.STOPPING) or (
+                sup.state is State.STARTING and sup.admitted
+            ):
+                out.append(Holder(
+                    name=sup.spec.name, holds=sup.spec.requires, last_used=sup.last_activity,
+                    busy=sup.busy(now), pinned=sup.spec.pinned,
+                    evictable=sup.state is State.READY,
+                ))
+        return out
+
+    async def _make_room(self, sup: ModelSupervisor) -> None:
+        """Admit `sup` (called inside its start): stop other models until it fits."""
+        deadline = self._clock() + sup.spec.startup_timeout
+        async with self._admission:
+            while True:
+                now = self._clock()
+                self._refresh_activity()
+                holders = self._holders(sup, now)
+                victims = choose_victims(sup.spec.requires, self.config.resources, holders)
+                if victims.fits and not victims.names:
+                    sup.admitted = True
+                    return
+                stops = [t for name in victims.names
+                         if (t := self.models[name].try_stop("evicted")) is not None]
+                if stops:
+                    await asyncio.gather(*stops, return_exceptions=True)
+                    continue
+                settled = all(h.evictable for h in holders)  # nobody starting or stopping
+                if now >= deadline or (not victims.fits and settled):
+                    raise self._no_room(sup, victims.fits, holders)
+                await asyncio.sleep(DRAIN_POLL)  # busy victims finish their requests first
+
+    def _no_room(self, sup: ModelSupervisor, could_fit: bool, holders: list[Holder]) -> StartError:
+        busy = ", ".join(h.name for h in holders if h.busy) or "none"
+        if could_fit:
+            return StartError(
+                "capacity_timeout",
+                f"model '{sup.spec.name}' needs {dict(sup.spec.requires)}; the models holding it "
+                f"were still busy after {sup.spec.startup_timeout:g}s (busy: {busy})",
+                retry_after=10,
+            )
+        held = ", ".join(f"{h.name} {dict(h.holds)}" for h in holders)
+        return StartError(
+            "no_capacity",
+            f"model '{sup.spec.name}' needs {dict(sup.spec.requires)} of "
+            f"{dict(self.config.resources)}; held by: {held or 'nobody'}",
+            retry_after=10,
+        )
+
+    # -- activity and idleness ---------------------------------------------------------------
+
+    def _refresh_activity(self) -> None:
+        now = self._clock()
+        ports = {sup.launcher.activity_port: sup for sup in self.models.values()
+                 if sup.state is State.READY and sup.launcher.activity_port is not None}
+        for port, act in scan_ports(ports).items():
+            ports[port].observe(act.in_flight, act.last_close_ago, now)
+
+    async def _watch_activity(self) -> None:
+        while True:
+            await asyncio.sleep(ACTIVITY_INTERVAL)
+            try:
+                self._refresh_activity()
+                now = self._clock()
+                for sup in self.models.values():
+                    timeout = sup.spec.idle_timeout
+                    if timeout > 0 and sup.state is State.READY and sup.idle_for(now) >= timeout:
+                        sup.try_stop("idle")
+            except Exception:
+                log.exception("activity scan failed")
 
     async def _housekeep(self) -> None:
         while True:
@@ -56,10 +165,10 @@ class ModelPool:
 
     async def close(self) -> None:
         """Stop every model this daemon runs, then release the HTTP client."""
-        if self._housekeeping is not None:
-            self._housekeeping.cancel()
+        for task in self._tasks:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._housekeeping
+                await task
         await asyncio.gather(*(sup.close() for sup in self.models.values()))
         if self._session is not None:
             await self._session.close()

@@ -49,8 +49,15 @@ class Launcher(Protocol):
     def exited(self) -> asyncio.Future[int] | None:
         """Resolves with the exit status when the model's process ends (None: no process)."""
 
+    @property
+    def activity_port(self) -> int | None:
+        """A local TCP port whose connections are this model's requests (None: no such port)."""
+
     async def start(self) -> None:
         """Begin running the model; raise StartError if that is impossible."""
+
+    async def adopt(self) -> bool:
+        """Take over the model if an earlier daemon left it running (health is checked after)."""
 
     async def stop(self) -> None:
         """Stop the model; return once it is gone. Safe to call when not running."""

@@ -1,15 +1,22 @@
-"""Run a model as a local child process in its own session and process group."""
+"""Run a model as a local child process in its own session and process group.
+
+Each running model is recorded in ``state_dir/<name>.json`` (pid, the kernel's start
+time of that pid, argv) so that a restarted daemon can adopt what it started before
+instead of starting it twice or leaving it orphaned.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import signal
 import sys
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from model_starter.config import ModelSpec
 from model_starter.launchers.base import StartError
@@ -22,6 +29,7 @@ log = logging.getLogger("model_starter.launcher")
 
 # The only variables a model inherits from the daemon; everything else comes from `env:`.
 INHERITED_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR", "USER", "LOGNAME")
+UNKNOWN_STATUS = -255  # an adopted process is not our child: its exit status is unknowable
 
 
 def model_environment(spec_env: Mapping[str, str], parent: Mapping[str, str]) -> dict[str, str]:
@@ -38,25 +46,37 @@ def model_environment(spec_env: Mapping[str, str], parent: Mapping[str, str]) ->
     return env
 
 
+def process_start_time(pid: int) -> int | None:
+    """The kernel's start time of `pid` (guards against PID reuse), or None if gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return None if fields[0] == "Z" else int(fields[19])
+
+
 class ProcessLauncher:
     kind = "process"
 
-    def __init__(self, spec: ModelSpec, logfile: LogFile) -> None:
+    def __init__(self, spec: ModelSpec, logfile: LogFile, state_dir: Path) -> None:
         self.spec = spec
         self.logfile = logfile
-        self._proc: asyncio.subprocess.Process | None = None
+        self.state_file = state_dir / f"{spec.name}.json"
+        self._pid: int | None = None
         self._exited: asyncio.Future[int] | None = None
 
     @property
     def pid(self) -> int | None:
-        return self._proc.pid if self._proc is not None and not self._is_done() else None
+        return self._pid if self._exited is not None and not self._exited.done() else None
 
     @property
     def exited(self) -> asyncio.Future[int] | None:
         return self._exited
 
-    def _is_done(self) -> bool:
-        return self._exited is None or self._exited.done()
+    @property
+    def activity_port(self) -> int | None:
+        return self.spec.port
 
     async def start(self) -> None:
         spec = self.spec
@@ -66,7 +86,7 @@ class ProcessLauncher:
             log.error("model=%s %s; output is discarded", spec.name, self.logfile.error)
         out = fd if fd is not None else asyncio.subprocess.DEVNULL
         try:
-            self._proc = await asyncio.create_subprocess_exec(
+            proc = await asyncio.create_subprocess_exec(
                 *spec.command,
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=out,
@@ -84,9 +104,11 @@ class ProcessLauncher:
         finally:
             if fd is not None:
                 os.close(fd)
+        self._pid = proc.pid
         self._exited = asyncio.get_running_loop().create_future()
-        asyncio.get_running_loop().create_task(self._watch(self._proc, self._exited))
-        log.info("model=%s spawned pid=%d: %s", spec.name, self._proc.pid, " ".join(spec.command))
+        asyncio.get_running_loop().create_task(self._wait_child(proc, self._exited))
+        self._record(proc.pid)
+        log.info("model=%s spawned pid=%d: %s", spec.name, proc.pid, " ".join(spec.command))
 
     def _refuse_taken_port(self) -> None:
         """A port someone else listens on would make nginx send our traffic to them."""
@@ -101,28 +123,114 @@ class ProcessLauncher:
             retry_after=30,
         )
 
-    async def _watch(self, proc: asyncio.subprocess.Process, fut: asyncio.Future[int]) -> None:
+    async def _wait_child(self, proc: asyncio.subprocess.Process, fut: asyncio.Future[int]) -> None:
         status = await proc.wait()
+        self._gone(proc.pid, fut, status)
+
+    def _gone(self, pid: int, fut: asyncio.Future[int], status: int) -> None:
         # Whatever the leader left behind in its group must not outlive it.
-        _killpg(proc.pid, signal.SIGKILL)
+        _killpg(pid, signal.SIGKILL)
+        self._forget(pid)
         if not fut.done():
             fut.set_result(status)
 
-    async def stop(self) -> None:
-        proc, exited = self._proc, self._exited
-        if proc is None or exited is None or exited.done():
-            return
-        _killpg(proc.pid, self.spec.stop_signal)
+    # -- adoption ----------------------------------------------------------------------------
+
+    def _record(self, pid: int) -> None:
+        data = {"pid": pid, "start_time": process_start_time(pid), "command": self.spec.command,
+                "port": self.spec.port}
         try:
-            await asyncio.wait_for(asyncio.shield(exited), self.spec.stop_timeout)
+            self.state_file.parent.mkdir(parents=True, exist_ok=True, mode=0o750)
+            tmp = self.state_file.with_suffix(".tmp")
+            tmp.write_text(json.dumps(data))
+            os.replace(tmp, self.state_file)
+        except OSError as exc:
+            log.error("model=%s cannot record pid in %s: %s", self.spec.name, self.state_file, exc)
+
+    def _forget(self, pid: int) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            if json.loads(self.state_file.read_text()).get("pid") == pid:
+                self.state_file.unlink()
+
+    def recorded(self) -> dict[str, Any] | None:
+        try:
+            data = json.loads(self.state_file.read_text())
+        except (OSError, ValueError):
+            return None
+        return data if isinstance(data, dict) and isinstance(data.get("pid"), int) else None
+
+    async def adopt(self) -> bool:
+        """Take over a process an earlier daemon started.
+
+        A recorded process that is gone, reused by someone else, or runs another
+        command than the config now says, is not adopted (the latter is stopped).
+        """
+        data = self.recorded()
+        if data is None:
+            return False
+        pid = data["pid"]
+        if process_start_time(pid) != data.get("start_time"):
+            self.state_file.unlink(missing_ok=True)  # gone, or the pid now belongs to another
+            return False
+        if list(data.get("command", [])) != list(self.spec.command):
+            log.info("model=%s recorded pid %d runs an old command; stopping it", self.spec.name,
+                     pid)
+            _killpg(pid, signal.SIGKILL)
+            self.state_file.unlink(missing_ok=True)
+            return False
+        try:
+            pidfd = os.pidfd_open(pid)
+        except OSError:
+            self.state_file.unlink(missing_ok=True)
+            return False
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[int] = loop.create_future()
+
+        def on_exit() -> None:
+            loop.remove_reader(pidfd)
+            os.close(pidfd)
+            self._gone(pid, fut, UNKNOWN_STATUS)
+
+        loop.add_reader(pidfd, on_exit)
+        self._pid, self._exited = pid, fut
+        return True
+
+    # -- stop --------------------------------------------------------------------------------
+
+    async def stop(self) -> None:
+        pid, exited = self._pid, self._exited
+        if pid is None or exited is None or exited.done():
+            return
+        spec = self.spec
+        if spec.stop_command:
+            await self._run_stop_command(pid)
+        else:
+            _killpg(pid, spec.stop_signal)
+        try:
+            await asyncio.wait_for(asyncio.shield(exited), spec.stop_timeout)
         except TimeoutError:
-            log.warning(
-                "model=%s pid=%d ignored %s for %.1fs; sending SIGKILL",
-                self.spec.name, proc.pid, signal.Signals(self.spec.stop_signal).name,
-                self.spec.stop_timeout,
-            )
-            _killpg(proc.pid, signal.SIGKILL)
+            log.warning("model=%s pid=%d still running %.1fs after stop; sending SIGKILL",
+                        spec.name, pid, spec.stop_timeout)
+            _killpg(pid, signal.SIGKILL)
             await asyncio.shield(exited)
+
+    async def _run_stop_command(self, pid: int) -> None:
+        assert self.spec.stop_command is not None
+        env = model_environment(self.spec.env, os.environ)
+        env.update(MODEL_STARTER_PID=str(pid), MODEL_STARTER_MODEL=self.spec.name)
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *self.spec.stop_command, stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE, env=env,
+            )
+            _, err = await asyncio.wait_for(proc.communicate(), self.spec.stop_timeout)
+            if proc.returncode:
+                log.warning("model=%s stop_command exited %s: %s", self.spec.name,
+                            proc.returncode, err.decode(errors="replace").strip()[-500:])
+        except (OSError, TimeoutError) as exc:
+            log.warning("model=%s stop_command failed (%s); sending %s", self.spec.name, exc,
+                        signal.Signals(self.spec.stop_signal).name)
+            _killpg(pid, self.spec.stop_signal)
 
     def tail(self, lines: int = 20) -> list[str]:
         return self.logfile.tail(lines)

@@ -1,0 +1,86 @@
+"""Lifecycle policy as pure functions: who to evict, when to back off, when a model is idle."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+__all__ = ["Holder", "Victims", "backoff_until", "choose_victims", "fits", "free_capacity"]
+
+
+@dataclass(frozen=True)
+class Holder:
+    """A model that holds resources now (running or starting)."""
+
+    name: str
+    holds: Mapping[str, float]
+    last_used: float  # monotonic time of its last activity
+    busy: bool = False  # requests in flight, held, or just released for replay
+    pinned: bool = False
+    evictable: bool = True  # False while starting or stopping
+
+
+@dataclass(frozen=True)
+class Victims:
+    """The models to stop (in order) so the new one fits; `fits` is False when none can."""
+
+    names: tuple[str, ...]
+    fits: bool
+    busy: tuple[str, ...] = ()
+
+
+def free_capacity(capacity: Mapping[str, float], holders: Iterable[Holder]) -> dict[str, float]:
+    free = dict(capacity)
+    for h in holders:
+        for res, amount in h.holds.items():
+            free[res] = free.get(res, 0.0) - amount
+    return free
+
+
+def fits(requires: Mapping[str, float], free: Mapping[str, float]) -> bool:
+    return all(free.get(res, 0.0) >= amount - 1e-9 for res, amount in requires.items())
+
+
+def choose_victims(
+    requires: Mapping[str, float],
+    capacity: Mapping[str, float],
+    holders: Sequence[Holder],
+) -> Victims:
+    """Pick models to stop so `requires` fits: idle before busy, least recently used first.
+
+    Pinned and non-evictable holders are never chosen; a holder that frees nothing the
+    new model needs is never chosen. If even every candidate would not make room, the
+    answer is `fits=False` and nobody is stopped.
+    """
+    free = free_capacity(capacity, holders)
+    if fits(requires, free):
+        return Victims((), True)
+    short = {res for res, amount in requires.items() if free.get(res, 0.0) < amount - 1e-9}
+    candidates = sorted(
+        (h for h in holders if h.evictable and not h.pinned and short & set(h.holds)),
+        key=lambda h: (h.busy, h.last_used, h.name),
+    )
+    chosen: list[Holder] = []
+    for h in candidates:
+        chosen.append(h)
+        for res, amount in h.holds.items():
+            free[res] = free.get(res, 0.0) + amount
+        if fits(requires, free):
+            return Victims(
+                tuple(c.name for c in chosen), True, tuple(c.name for c in chosen if c.busy)
+            )
+    return Victims((), False)
+
+
+def backoff_until(
+    failures: Sequence[float], now: float, max_failures: int, window: float, backoff: float
+) -> float | None:
+    """When `max_failures` failures fall within `window` seconds, no start until the last
+    one plus `backoff`; None when a start may be tried now."""
+    if max_failures <= 0 or not failures:
+        return None
+    recent = [t for t in failures if now - t <= window]
+    if len(recent) < max_failures:
+        return None
+    until = max(recent) + backoff
+    return until if until > now else None

@@ -62,7 +62,7 @@ class ModelPool:
         self._tasks = [loop.create_task(self._housekeep()), loop.create_task(self._watch_activity())]
         for sup in self.models.values():
             if sup.spec.preload and sup.state is not State.READY:
-                loop.create_task(self._preload(sup))
+                self._tasks.append(loop.create_task(self._preload(sup)))
 
     def _emit(self, event: Event) -> None:
         for listener in self.listeners:

@@ -79,6 +79,7 @@ class ModelSupervisor:
         self._failures: collections.deque[float] = collections.deque(maxlen=64)
         self._transition: asyncio.Task[None] | None = None
         self._transition_kind: State | None = None
+        self._watcher: asyncio.Task[None] | None = None
         self._closed = False
 
     # -- observations ----------------------------------------------------------------------
@@ -254,7 +255,7 @@ class ModelSupervisor:
         self.admitted = True
         exited = self.launcher.exited
         if exited is not None:
-            asyncio.get_running_loop().create_task(self._watch_exit(exited))
+            self._watcher = asyncio.get_running_loop().create_task(self._watch_exit(exited))
 
     def _fail(self, exc: StartError, t0: float) -> None:
         self.failed_starts += 1

@@ -65,6 +65,7 @@ class ProcessLauncher:
         self.state_file = state_dir / f"{spec.name}.json"
         self._pid: int | None = None
         self._exited: asyncio.Future[int] | None = None
+        self._waiter: asyncio.Task[None] | None = None
 
     @property
     def pid(self) -> int | None:
@@ -106,7 +107,7 @@ class ProcessLauncher:
                 os.close(fd)
         self._pid = proc.pid
         self._exited = asyncio.get_running_loop().create_future()
-        asyncio.get_running_loop().create_task(self._wait_child(proc, self._exited))
+        self._waiter = asyncio.get_running_loop().create_task(self._wait_child(proc, self._exited))
         self._record(proc.pid)
         log.info("model=%s spawned pid=%d: %s", spec.name, proc.pid, " ".join(spec.command))
 

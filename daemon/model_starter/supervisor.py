@@ -79,7 +79,6 @@ class ModelSupervisor:
         self._failures: collections.deque[float] = collections.deque(maxlen=64)
         self._transition: asyncio.Task[None] | None = None
         self._transition_kind: State | None = None
-        self._watcher: asyncio.Task[None] | None = None
         self._closed = False
 
     # -- observations ----------------------------------------------------------------------
@@ -138,6 +137,7 @@ class ModelSupervisor:
     async def _ensure(self) -> bool:
         joined_start = False
         while True:
+            self._notice_exit()
             if self.state is State.READY:
                 return not joined_start
             if self._closed:
@@ -255,7 +255,7 @@ class ModelSupervisor:
         self.admitted = True
         exited = self.launcher.exited
         if exited is not None:
-            self._watcher = asyncio.get_running_loop().create_task(self._watch_exit(exited))
+            exited.add_done_callback(lambda _: self._notice_exit())
 
     def _fail(self, exc: StartError, t0: float) -> None:
         self.failed_starts += 1
@@ -269,27 +269,35 @@ class ModelSupervisor:
                   seconds=self._clock() - t0)
         raise exc
 
-    async def _watch_exit(self, exited: asyncio.Future[int]) -> None:
-        status = await exited
-        if self.state is State.READY and self.launcher.exited is exited:
-            tail = self.launcher.tail(TAIL_LINES)
-            self.crashes += 1
-            self._failures.append(self._clock())
-            self.last_error = StartError(
-                "crashed", f"model '{self.spec.name}' exited with status {status} while ready",
-                exit_status=status, log_tail=tail,
-            )
-            log.error("model=%s crashed: exit status %s%s", self.spec.name, status,
-                      "".join(f"\n  | {line}" for line in tail))
-            self.stop_reason = "crash"
-            self.emit("stopped", reason="crash", exit_status=status)
-            self._end(State.STOPPED)
+    def _notice_exit(self) -> None:
+        """Record a crash if the ready model's process has ended (idempotent, synchronous).
+
+        Called from the exit future's callback and before every decision, so a request
+        never sees "ready" for a process whose exit is already known.
+        """
+        exited = self.launcher.exited
+        if self.state is not State.READY or exited is None or not exited.done():
+            return
+        status = exited.result()
+        tail = self.launcher.tail(TAIL_LINES)
+        self.crashes += 1
+        self._failures.append(self._clock())
+        self.last_error = StartError(
+            "crashed", f"model '{self.spec.name}' exited with status {status} while ready",
+            exit_status=status, log_tail=tail,
+        )
+        log.error("model=%s crashed: exit status %s%s", self.spec.name, status,
+                  "".join(f"\n  | {line}" for line in tail))
+        self.stop_reason = "crash"
+        self.emit("stopped", reason="crash", exit_status=status)
+        self._end(State.STOPPED)
 
     def try_stop(self, reason: str, only_if_idle: bool = True) -> asyncio.Task[None] | None:
         """Begin stopping a ready model if the owner agrees (idle, unless told otherwise).
 
         Returns the stop task, or None when the model is not ready or is busy.
         """
+        self._notice_exit()
         if self.state is not State.READY or self._transition is not None:
             return None
         if only_if_idle and self.busy():
@@ -336,20 +344,16 @@ class ModelSupervisor:
         self.emit("adopted", pid=self.launcher.pid)
         return True
 
-    async def recheck(self, grace: float = 2.0) -> None:
-        """After nginx saw this model fail mid-request: make sure a dead process is noticed.
+    async def recheck(self, grace: float = 1.0) -> None:
+        """After nginx saw this model fail mid-request: make sure a dying process is noticed.
 
-        The process may have closed the connection an instant before its exit is reaped;
-        wait (bounded) for that so `ensure_ready` restarts it instead of declaring it ready.
+        A probe is racy (a dying process can still accept for an instant), so wait,
+        bounded, for the process to end; a live one merely costs `grace` on this rare path.
         """
         exited = self.launcher.exited
-        if self.state is not State.READY or exited is None or exited.done():
-            return
-        spec = self.spec
-        if await self.health.probe(spec.host, spec.port, spec.health, timeout=grace) is None:
-            return
-        await asyncio.wait([exited], timeout=grace)
-        await asyncio.sleep(0)  # let the exit watcher record the crash
+        if self.state is State.READY and exited is not None and not exited.done():
+            await asyncio.wait([exited], timeout=grace)
+        self._notice_exit()
 
     async def close(self) -> None:
         """Refuse new starts and stop the model (daemon shutdown)."""

@@ -13,8 +13,9 @@ import json
 import logging
 import os
 import signal
+import subprocess
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -65,7 +66,6 @@ class ProcessLauncher:
         self.state_file = state_dir / f"{spec.name}.json"
         self._pid: int | None = None
         self._exited: asyncio.Future[int] | None = None
-        self._waiter: asyncio.Task[None] | None = None
 
     @property
     def pid(self) -> int | None:
@@ -85,15 +85,19 @@ class ProcessLauncher:
         fd = self.logfile.open_for_child()
         if fd is None:
             log.error("model=%s %s; output is discarded", spec.name, self.logfile.error)
-        out = fd if fd is not None else asyncio.subprocess.DEVNULL
+        out = fd if fd is not None else subprocess.DEVNULL
         try:
-            proc = await asyncio.create_subprocess_exec(
-                *spec.command,
-                stdin=asyncio.subprocess.DEVNULL,
+            # Popen, not the loop's subprocess support: uvloop would hand the child our
+            # listening socket (it does not close inherited fds), and a daemon restart
+            # then finds its own port taken by a model.
+            proc = subprocess.Popen(
+                spec.command,
+                stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=out,
                 cwd=spec.cwd,
                 env=model_environment(spec.env, os.environ),
+                close_fds=True,
                 start_new_session=True,  # own group: stop reaches its children too
             )
         except OSError as exc:
@@ -105,9 +109,7 @@ class ProcessLauncher:
         finally:
             if fd is not None:
                 os.close(fd)
-        self._pid = proc.pid
-        self._exited = asyncio.get_running_loop().create_future()
-        self._waiter = asyncio.get_running_loop().create_task(self._wait_child(proc, self._exited))
+        self._watch(proc.pid, proc.wait)
         self._record(proc.pid)
         log.info("model=%s spawned pid=%d: %s", spec.name, proc.pid, " ".join(spec.command))
 
@@ -124,9 +126,19 @@ class ProcessLauncher:
             retry_after=30,
         )
 
-    async def _wait_child(self, proc: asyncio.subprocess.Process, fut: asyncio.Future[int]) -> None:
-        status = await proc.wait()
-        self._gone(proc.pid, fut, status)
+    def _watch(self, pid: int, status: Callable[[], int]) -> None:
+        """Resolve `exited` when `pid` ends (a pidfd turns readable: no child watcher needed)."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[int] = loop.create_future()
+        pidfd = os.pidfd_open(pid)
+
+        def on_exit() -> None:
+            loop.remove_reader(pidfd)
+            os.close(pidfd)
+            self._gone(pid, fut, status())
+
+        loop.add_reader(pidfd, on_exit)
+        self._pid, self._exited = pid, fut
 
     def _gone(self, pid: int, fut: asyncio.Future[int], status: int) -> None:
         # Whatever the leader left behind in its group must not outlive it.
@@ -180,20 +192,10 @@ class ProcessLauncher:
             self.state_file.unlink(missing_ok=True)
             return False
         try:
-            pidfd = os.pidfd_open(pid)
+            self._watch(pid, lambda: UNKNOWN_STATUS)
         except OSError:
             self.state_file.unlink(missing_ok=True)
             return False
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[int] = loop.create_future()
-
-        def on_exit() -> None:
-            loop.remove_reader(pidfd)
-            os.close(pidfd)
-            self._gone(pid, fut, UNKNOWN_STATUS)
-
-        loop.add_reader(pidfd, on_exit)
-        self._pid, self._exited = pid, fut
         return True
 
     # -- stop --------------------------------------------------------------------------------

@@ -1,0 +1,111 @@
+"""The pure lifecycle policy: victim choice, crash-loop backoff, activity parsing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from model_starter.activity import scan_ports
+from model_starter.policy import Holder, backoff_until, choose_victims
+
+
+def h(name: str, gpu: float, last: float, busy: bool = False, pinned: bool = False,
+      evictable: bool = True) -> Holder:
+    return Holder(name, {"gpu": gpu}, last, busy, pinned, evictable)
+
+
+CAP = {"gpu": 80.0}
+
+
+@pytest.mark.parametrize(
+    ("needs", "holders", "victims", "fits"),
+    [
+        # fits already: nobody stops
+        (24, [h("a", 40, 1)], (), True),
+        (40, [h("a", 40, 1)], (), True),
+        # least recently used first
+        (40, [h("a", 40, 5), h("b", 24, 1)], ("b",), True),
+        (48, [h("a", 40, 5), h("b", 24, 1)], ("b", "a"), True),
+        (60, [h("a", 40, 5), h("b", 24, 1)], ("b", "a"), True),
+        # idle before busy, even if the busy one is older
+        (48, [h("a", 30, 1, busy=True), h("b", 30, 9)], ("b",), True),
+        # busy ones only when the idle ones are not enough
+        (70, [h("a", 30, 1, busy=True), h("b", 30, 9)], ("b", "a"), True),
+        # pinned never
+        (60, [h("a", 40, 1, pinned=True), h("b", 24, 5)], (), False),
+        (40, [h("a", 40, 1, pinned=True), h("b", 24, 5)], ("b",), True),
+        # starting/stopping holders are not evictable
+        (40, [h("a", 40, 1, evictable=False), h("b", 40, 5)], ("b",), True),
+        (60, [h("a", 40, 1, evictable=False), h("b", 40, 5)], (), False),
+        (90, [], (), False),
+        # in LRU order, stop only until it fits
+        (30, [h("a", 10, 1), h("b", 10, 2), h("c", 50, 3)], ("a", "b"), True),
+    ],
+)
+def test_choose_victims(needs: float, holders: list[Holder], victims: tuple[str, ...],
+                        fits: bool) -> None:
+    """Victims: idle first, then least recently used; pinned and transitioning never."""
+    got = choose_victims({"gpu": needs}, CAP, holders)
+    assert (got.names, got.fits) == (victims, fits)
+
+
+def test_victims_that_free_nothing_needed_are_spared() -> None:
+    """A model holding only other resources is never stopped to make room."""
+    cap = {"gpu0": 24.0, "gpu1": 24.0}
+    holders = [Holder("a", {"gpu1": 20}, 1), Holder("b", {"gpu0": 20}, 2)]
+    got = choose_victims({"gpu0": 10}, cap, holders)
+    assert got.names == ("b",)
+
+
+def test_one_at_a_time_is_a_capacity_of_one() -> None:
+    """Without declared resources every model holds the single slot."""
+    got = choose_victims({"models": 1}, {"models": 1}, [Holder("a", {"models": 1}, 1)])
+    assert got.names == ("a",)
+
+
+@pytest.mark.parametrize(
+    ("failures", "now", "expected"),
+    [
+        ([], 100, None),
+        ([90, 95], 100, None),  # two failures: below the limit of three
+        ([90, 95, 99], 100, 129),  # third failure at 99: back off until 99 + 30
+        ([90, 95, 99], 130, None),  # backoff over: one more try allowed
+        ([10, 20, 30], 100, None),  # old failures fall out of the 60 s window
+        ([50, 95, 99], 100, 129),
+    ],
+)
+def test_backoff_until(failures: list[float], now: float, expected: float | None) -> None:
+    """N failures within the window stop starts until the last one plus the backoff."""
+    assert backoff_until(failures, now, max_failures=3, window=60, backoff=30) == expected
+
+
+def test_backoff_disabled_with_zero() -> None:
+    """max_failures 0 switches crash-loop protection off."""
+    assert backoff_until([1, 2, 3, 4], 5, max_failures=0, window=60, backoff=30) is None
+
+
+def test_scan_ports_reads_established_and_time_wait(tmp_path: Path) -> None:
+    """ESTABLISHED on the model's side counts in flight; TIME_WAIT dates the last close."""
+    net = tmp_path / "net"
+    net.mkdir()
+    header = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid\n"
+    rows = [
+        # listening socket: ignored
+        "0: 0100007F:2329 00000000:0000 0A 00000000:00000000 00:00000000 00000000 0 0 1 1",
+        # server side of two in-flight requests on 9001 (0x2329)
+        "1: 0100007F:2329 0100007F:C000 01 00000000:00000000 00:00000000 00000000 0 0 2 1",
+        "2: 0100007F:2329 0100007F:C001 01 00000000:00000000 00:00000000 00000000 0 0 3 1",
+        # client side of one of them: not counted twice
+        "3: 0100007F:C000 0100007F:2329 01 00000000:00000000 00:00000000 00000000 0 0 4 1",
+        # closed connections: 58 s and 50 s left of TIME_WAIT -> ended 2 s and 10 s ago
+        "4: 0100007F:C002 0100007F:2329 06 00000000:00000000 03:000016A8 00000000 0 0 0 3",
+        "5: 0100007F:2329 0100007F:C003 06 00000000:00000000 03:00001388 00000000 0 0 0 3",
+        # another port
+        "6: 0100007F:232A 0100007F:C004 01 00000000:00000000 00:00000000 00000000 0 0 5 1",
+    ]
+    (net / "tcp").write_text(header + "\n".join(rows) + "\n")
+    got = scan_ports([9001, 9003], proc=str(tmp_path))
+    assert got[9001].in_flight == 2
+    assert got[9001].last_close_ago == pytest.approx(2.0)
+    assert got[9003].in_flight == 0 and got[9003].last_close_ago is None

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from model_starter.config import ConfigError, parse_config
 
 GOOD = """\

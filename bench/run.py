@@ -303,6 +303,7 @@ def profile_rows(s: Stack, port: int, record: Path, n: int, fig: str) -> list[Ro
     main_samples = 0
     idle = 0
     charged = [0] * len(PROFILE_FRAMES)
+    scans = 0  # the periodic activity scan (not per start)
     for line in raw.read_text(errors="replace").splitlines():
         stack, _, count_text = line.rpartition(" ")
         if not count_text.isdigit() or "MainThread" not in stack.split(";", 1)[0]:
@@ -312,6 +313,8 @@ def profile_rows(s: Stack, port: int, record: Path, n: int, fig: str) -> list[Ro
         main_samples += count
         if stack.rsplit(";", 1)[-1].startswith(IDLE_LEAF):
             idle += count
+        if "scan_ports" in funcs:
+            scans += count
         for k, (names, _label) in enumerate(PROFILE_FRAMES):
             if funcs.intersection(names):
                 charged[k] += count
@@ -326,6 +329,10 @@ def profile_rows(s: Stack, port: int, record: Path, n: int, fig: str) -> list[Ro
         Row(fig, "profile: daemon main thread busy, per cold start",
             ms((main_samples - idle) * per_sample / n), note=note),
     ]
+    rows.append(Row(fig, "profile: periodic activity scan, share of the daemon's wall time",
+                    f"{100 * scans / main_samples:.1f} %",
+                    note="scan_ports reads /proc/net/tcp{,6} on the event loop every 0.5 s; "
+                         "a cold request arriving during one waits for it"))
     for (names, label), count in zip(PROFILE_FRAMES, charged, strict=True):
         rows.append(Row(fig, f"profile: {label}, per cold start", ms(count * per_sample / n),
                         note=" or ".join(names)))

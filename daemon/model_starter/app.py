@@ -29,6 +29,7 @@ from sanic.exceptions import SanicException
 
 from model_starter.config import ADMIN_PREFIX, Config
 from model_starter.launchers import StartError
+from model_starter.notify import notify
 from model_starter.pool import ModelPool
 from model_starter.supervisor import ModelSupervisor, State
 
@@ -86,8 +87,13 @@ def create_app(config: Config, name: str = "model_starter") -> Sanic[Any, Any]:
     async def _open(app: Sanic[Any, Any]) -> None:
         await pool.open()
 
+    @app.after_server_start
+    async def _ready(app: Sanic[Any, Any]) -> None:
+        notify(f"READY=1\nSTATUS=serving {len(config.models)} model(s)")
+
     @app.before_server_stop
     async def _close(app: Sanic[Any, Any]) -> None:
+        notify("STOPPING=1\nSTATUS=stopping models")
         await pool.close()
 
     async def model_route(request: Request, model: str, rest: str = "") -> HTTPResponse:

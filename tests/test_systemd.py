@@ -1,0 +1,61 @@
+"""systemd integration: the unit verifies, and the daemon speaks the notify protocol."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.stack import ROOT, Stack, fake_model, free_port
+
+UNIT = ROOT / "systemd" / "model-orchestrator.service"
+
+
+def test_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
+    """`systemd-analyze verify` accepts the unit (with ExecStart pointing at this venv)."""
+    if shutil.which("systemd-analyze") is None:
+        pytest.skip("systemd-analyze is not installed")
+    unit = tmp_path / "model-orchestrator.service"
+    venv_bin = str(Path(sys.executable).parent)
+    unit.write_text(UNIT.read_text().replace("/opt/model-starter/.venv/bin", venv_bin))
+    out = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    text = UNIT.read_text()
+    for line in ("Type=notify", "KillMode=mixed", "ExecReload=/bin/kill -HUP $MAINPID"):
+        assert line in text
+    settings = [line for line in text.splitlines() if not line.startswith("#")]
+    assert not any(line.startswith(("PrivateDevices", "MemoryDenyWriteExecute"))
+                   for line in settings)
+    assert "DeviceAllow=char-nvidia-frontend rw" in settings
+
+
+def test_daemon_sends_ready_and_stopping(tmp_path: Path) -> None:
+    """READY=1 once listening, STOPPING=1 on SIGTERM, over a real NOTIFY_SOCKET."""
+    sock_path = tmp_path / "notify.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(str(sock_path))
+        sock.settimeout(20)
+        s = Stack(tmp_path, {"m": fake_model(free_port())})
+        s.write_config()
+        os.environ["NOTIFY_SOCKET"] = str(sock_path)
+        try:
+            s.start_daemon()
+        finally:
+            del os.environ["NOTIFY_SOCKET"]
+        try:
+            first = sock.recv(4096).decode()
+            assert "READY=1" in first.splitlines()
+            # It was listening by the time it said so.
+            assert s.direct("GET", "/_ms/status").status == 200
+            s.daemon.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
+            assert "STOPPING=1" in sock.recv(4096).decode().splitlines()
+            assert s.daemon.wait(30) == 0  # type: ignore[union-attr]
+        finally:
+            s.close()

@@ -18,7 +18,9 @@ literal codes apply: 204 when it was running, 504 when it had to be started.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import re
 import time
 from typing import Any
@@ -46,6 +48,7 @@ log = logging.getLogger("model_starter.app")
 MODEL_HEADER = "X-Model-Starter-Model"
 MODE_HEADER = "X-Model-Starter-Mode"
 SENT_HEADER = "X-Model-Starter-Upstream-Sent"
+STATUS_HEADER = "X-Model-Starter-Upstream-Status"
 VIA_HEADER = "X-Model-Starter-Via"
 ANSWER_HEADER = "X-Model-Starter"
 METHODS = ["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"]
@@ -56,6 +59,12 @@ _NUMBER = re.compile(r"\d+")
 def request_reached_model(header: str | None) -> bool:
     """nginx's $upstream_bytes_sent: 0 means the connection was refused (nothing ran)."""
     return header is not None and any(int(n) > 0 for n in _NUMBER.findall(header))
+
+
+def v2_not_loaded(upstream_status: str | None) -> bool:
+    """nginx's $upstream_status of the first attempt was the V2 server's 404 or 400."""
+    first = _NUMBER.search(upstream_status or "")
+    return first is not None and first.group() in ("400", "404")
 
 
 def _error(status: int, error: str, detail: str, **extra: Any) -> HTTPResponse:
@@ -89,6 +98,7 @@ def create_app(config: Config, name: str = "model_starter") -> Sanic[Any, Any]:
 
     @app.after_server_start
     async def _ready(app: Sanic[Any, Any]) -> None:
+        _no_inheritable_fds()
         notify(f"READY=1\nSTATUS=serving {len(config.models)} model(s)")
 
     @app.before_server_stop
@@ -104,6 +114,9 @@ def create_app(config: Config, name: str = "model_starter") -> Sanic[Any, Any]:
                           model=name)
         mode = request.headers.get(MODE_HEADER, "")
         reached = request_reached_model(request.headers.get(SENT_HEADER))
+        if reached and sup.spec.launcher == "v2":
+            # The server's own 404/400 means "not loaded": nothing ran, a replay is safe.
+            reached = not v2_not_loaded(request.headers.get(STATUS_HEADER))
         if reached and request.method in NOT_REPLAYABLE:
             log.warning("model=%s %s reached the model and failed; not replayed",
                         name, request.method)
@@ -168,6 +181,16 @@ def create_app(config: Config, name: str = "model_starter") -> Sanic[Any, Any]:
                       retry_after=5)
 
     return app
+
+
+def _no_inheritable_fds() -> None:
+    """Sanic leaves its listening socket inheritable (for its worker processes). A model
+    or a start command that inherited it would hold the daemon's port after a restart."""
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd > 2:
+            with contextlib.suppress(OSError):
+                os.set_inheritable(fd, False)
 
 
 def _status(sup: ModelSupervisor) -> dict[str, Any]:

@@ -21,6 +21,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "CrashLoop",
+    "InferenceServer",
     "ModelSpec",
     "NginxSettings",
     "load_config",
@@ -54,11 +55,32 @@ class CrashLoop:
 ONE_AT_A_TIME = {"models": 1.0}
 
 
+LAUNCHERS = ("process", "command", "v2")
+
+
+@dataclass(frozen=True)
+class InferenceServer:
+    """The multi-model (KServe V2) server that `launcher: v2` models live in."""
+
+    host: str = "localhost"
+    port: int = 5002
+    command: tuple[str, ...] | None = None  # start it when it is down (optional)
+    health: str = "/v2/health/live"
+    startup_timeout: float = 120.0
+    stop_timeout: float = 30.0
+    env: Mapping[str, str] = field(default_factory=dict)
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     name: str
-    command: tuple[str, ...]
-    port: int
+    command: tuple[str, ...] = ()
+    port: int = 0
+    launcher: str = "process"
+    start: tuple[str, ...] | None = None
+    stop: tuple[str, ...] | None = None
+    status: tuple[str, ...] | None = None
+    v2_name: str | None = None
     host: str = "127.0.0.1"
     health: str = "/health"
     startup_timeout: float = 600.0
@@ -94,14 +116,21 @@ class Config:
     listen_host: str = "127.0.0.1"
     listen_port: int = 8080
     nginx: NginxSettings = NginxSettings()
-    inference_host: str = "localhost"
-    inference_port: int = 5002
+    inference: InferenceServer = InferenceServer()
     log_dir: str = "logs"
     state_dir: str = "state"
     log_max_bytes: int = 10 * 1024 * 1024
     resources: Mapping[str, float] = field(default_factory=lambda: dict(ONE_AT_A_TIME))
     release_grace: float = 3.0
     source: str = "<string>"
+
+    @property
+    def inference_host(self) -> str:
+        return self.inference.host
+
+    @property
+    def inference_port(self) -> int:
+        return self.inference.port
 
     @property
     def listen(self) -> str:
@@ -318,6 +347,14 @@ def _section(
     return out
 
 
+def _launcher_kind(ctx: _Ctx, node: Node, where: str) -> Any:
+    v = _scalar(node)
+    if v not in LAUNCHERS:
+        ctx.err(node, where, f"expected one of {', '.join(LAUNCHERS)}, got {_show(node)}")
+        return _BAD
+    return v
+
+
 # Keys a model may set that `defaults:` may set for every model too.
 _SHARED_FIELDS: dict[str, Conv] = {
     "health": _health,
@@ -332,7 +369,12 @@ _SHARED_FIELDS: dict[str, Conv] = {
     "crash_loop": _crash_loop,
 }
 _MODEL_FIELDS: dict[str, Conv] = {
+    "launcher": _launcher_kind,
     "command": _argv,
+    "start": _argv,
+    "stop": _argv,
+    "status": _argv,
+    "v2_name": _str,
     "port": _port,
     "host": _str,
     "stop_command": _argv,
@@ -346,7 +388,17 @@ _NGINX_FIELDS: dict[str, Conv] = {
     "proxy_timeout": _number(1, 86400 * 7),
     "client_max_body_size": _body_size,
 }
-_INFERENCE_FIELDS: dict[str, Conv] = {"host": _str, "port": _port}
+_INFERENCE_FIELDS: dict[str, Conv] = {
+    "host": _str,
+    "port": _port,
+    "command": _argv,
+    "health": _health,
+    "startup_timeout": _number(0.1, 86400),
+    "stop_timeout": _number(0, 3600),
+    "env": _env,
+}
+
+
 _TOP_FIELDS: dict[str, Conv] = {
     "listen": _hostport,
     "nginx": lambda ctx, n, w: _section(ctx, n, w, _NGINX_FIELDS),
@@ -361,9 +413,14 @@ _TOP_FIELDS: dict[str, Conv] = {
 }
 
 
+_REQUIRED = {"process": ("command", "port"), "command": ("start", "stop", "port"), "v2": ()}
+_ONLY_FOR = {"command": "process", "start": "command", "stop": "command", "status": "command",
+             "v2_name": "v2", "stop_command": "process"}
+
+
 def _models(
     ctx: _Ctx, node: Node, base: Path, defaults: Mapping[str, Any],
-    resources: Mapping[str, float] | None,
+    resources: Mapping[str, float] | None, inference: InferenceServer,
 ) -> dict[str, ModelSpec]:
     items = _mapping(ctx, node, "models")
     if items is None:
@@ -377,9 +434,25 @@ def _models(
         if not MODEL_NAME_RE.match(name):
             ctx.err(knode, where, "model names must match ^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
             continue
-        values = _section(ctx, vnode, where, _MODEL_FIELDS, required=("command", "port"))
-        if values is None or "command" not in values or "port" not in values:
+        values = _section(ctx, vnode, where, _MODEL_FIELDS)
+        if values is None:
             continue
+        kind = values.get("launcher", "process")
+        present = {_scalar(k) for k, _ in vnode.value}  # also keys whose value was invalid
+        missing = [k for k in _REQUIRED[kind] if k not in values]
+        for key in missing:
+            if key not in present:
+                ctx.err(vnode, where, f"missing required key '{key}' (launcher: {kind})")
+        wrong = [k for k in values if _ONLY_FOR.get(k, kind) != kind]
+        for key in wrong:
+            ctx.err(vnode, f"{where}.{key}", f"only for launcher: {_ONLY_FOR[key]}")
+        if missing or wrong:
+            continue
+        if kind == "v2":
+            # The model lives in the shared inference server; ready = its V2 ready endpoint.
+            v2 = values.get("v2_name", name)
+            values.update(host=inference.host, port=inference.port,
+                          health=f"/v2/models/{v2}/ready")
         values = {**defaults, **values}
         if "cwd" in values:
             values["cwd"] = str(base / values["cwd"])
@@ -388,6 +461,9 @@ def _models(
         elif resources is not None:
             values["requires"] = {}  # declared capacities: a model holds only what it says
         spec = ModelSpec(name=name, **values)
+        if kind == "v2":
+            models[name] = spec
+            continue
         addr = (_canonical_host(spec.host), spec.port)
         if addr in taken:
             ctx.err(knode, where, f"{spec.host}:{spec.port} is already used by model '{taken[addr]}'")
@@ -454,17 +530,17 @@ def parse_config(
     nginx = NginxSettings(**top.get("nginx") or {})
     defaults = {"client_max_body_size": nginx.client_max_body_size, **(top.get("defaults") or {})}
     resources = top.get("resources")
-    models = _models(ctx, top["models"], base, defaults, resources) if "models" in top else {}
-    inference = top.get("inference_server") or {}
-    inference_host = inference.get("host", env.get("INFERENCE_SERVER_HOST") or "localhost")
-    inference_port: Any = inference.get("port")
-    if inference_port is None:
+    inference = dict(top.get("inference_server") or {})
+    inference.setdefault("host", env.get("INFERENCE_SERVER_HOST") or "localhost")
+    if "port" not in inference:
         raw = env.get("INFERENCE_SERVER_PORT") or "5002"
         if raw.isdigit() and 1 <= int(raw) <= 65535:
-            inference_port = int(raw)
+            inference["port"] = int(raw)
         else:
             ctx.problems.append(f"$INFERENCE_SERVER_PORT: expected a port 1..65535, got {raw!r}")
-            inference_port = 5002
+    server = InferenceServer(**inference)
+    models = (_models(ctx, top["models"], base, defaults, resources, server)
+              if "models" in top else {})
     if ctx.problems:
         raise ConfigError(ctx.problems)
     listen_host, listen_port = top.get("listen", ("127.0.0.1", 8080))
@@ -475,8 +551,7 @@ def parse_config(
         listen_host=listen_host,
         listen_port=listen_port,
         nginx=nginx,
-        inference_host=inference_host,
-        inference_port=inference_port,
+        inference=server,
         log_dir=str(base / top["log_dir"]) if "log_dir" in top else logs_default,
         state_dir=str(base / top["state_dir"]) if "state_dir" in top else state_default,
         log_max_bytes=top.get("log_max_bytes", Config.log_max_bytes),

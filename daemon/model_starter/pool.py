@@ -14,6 +14,7 @@ import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 
@@ -21,6 +22,8 @@ from model_starter.activity import scan_ports
 from model_starter.config import Config, ModelSpec
 from model_starter.health import HealthChecker
 from model_starter.launchers import Launcher, ProcessLauncher, StartError
+from model_starter.launchers.command import CommandLauncher
+from model_starter.launchers.v2 import V2Launcher
 from model_starter.logfile import LogFile
 from model_starter.policy import Holder, choose_victims
 from model_starter.supervisor import Event, ModelSupervisor, State
@@ -43,6 +46,9 @@ class ModelPool:
         self._session: aiohttp.ClientSession | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._admission = asyncio.Lock()
+        self.inference_server: ModelSupervisor | None = None
+        self._v2_names: dict[str, ModelSupervisor] = {}
+        self._udp: asyncio.DatagramTransport | None = None
 
     def get(self, name: str) -> ModelSupervisor | None:
         return self.models.get(name)
@@ -52,13 +58,29 @@ class ModelPool:
         connector = aiohttp.TCPConnector(force_close=True, limit=0)
         self._session = aiohttp.ClientSession(connector=connector)
         health = HealthChecker(self._session)
+        server = self.config.inference
+        if server.command and any(m.launcher == "v2" for m in self.config.models.values()):
+            # The inference server is supervised like a model (single-flight start, crash
+            # detection, adoption, stop at shutdown), but it is no model of its own.
+            spec = ModelSpec(name="_inference", command=server.command, host=server.host,
+                             port=server.port, health=server.health,
+                             startup_timeout=server.startup_timeout,
+                             stop_timeout=server.stop_timeout, env=server.env, idle_timeout=0,
+                             requires={})
+            self.inference_server = ModelSupervisor(spec, self._launcher(spec), health)
+            self.inference_server.listeners.append(self._emit)
+            await self.inference_server.adopt()
         for name, spec in self.config.models.items():
             sup = ModelSupervisor(spec, self._launcher(spec), health, self._make_room,
                                   self.config.release_grace, self._clock)
             sup.listeners.append(self._emit)
             self.models[name] = sup
+            if spec.launcher == "v2":
+                self._v2_names[spec.v2_name or name] = sup
         await asyncio.gather(*(sup.adopt() for sup in self.models.values()))
         loop = asyncio.get_running_loop()
+        if self._v2_names:
+            await self._listen_activity_log()
         self._tasks = [loop.create_task(self._housekeep()), loop.create_task(self._watch_activity())]
         for sup in self.models.values():
             if sup.spec.preload and sup.state is not State.READY:
@@ -69,8 +91,29 @@ class ModelPool:
             listener(event)
 
     def _launcher(self, spec: ModelSpec) -> Launcher:
+        if spec.launcher == "command":
+            return CommandLauncher(spec)
+        if spec.launcher == "v2":
+            assert self._session is not None
+            return V2Launcher(spec, self.config.inference, self._session, self.inference_server)
         logfile = LogFile(Path(self.config.log_dir) / f"{spec.name}.log", self.config.log_max_bytes)
         return ProcessLauncher(spec, logfile, Path(self.config.state_dir))
+
+    async def _listen_activity_log(self) -> None:
+        """nginx logs each finished V2 request here (syslog over UDP, on the daemon's own
+        address): a shared server port cannot tell which model a connection is for."""
+        loop = asyncio.get_running_loop()
+        try:
+            self._udp, _ = await loop.create_datagram_endpoint(
+                lambda: _ActivityLog(self), local_addr=(self.config.listen_host,
+                                                        self.config.listen_port))
+        except OSError as exc:
+            log.error("cannot receive nginx activity log on udp %s: %s", self.config.listen, exc)
+
+    def request_finished(self, v2_name: str) -> None:
+        sup = self._v2_names.get(v2_name)
+        if sup is not None:
+            sup.last_activity = self._clock()
 
     async def _preload(self, sup: ModelSupervisor) -> None:
         with contextlib.suppress(StartError):
@@ -138,8 +181,17 @@ class ModelPool:
         now = self._clock()
         ports = {sup.launcher.activity_port: sup for sup in self.models.values()
                  if sup.state is State.READY and sup.launcher.activity_port is not None}
-        for port, act in scan_ports(ports).items():
-            ports[port].observe(act.in_flight, act.last_close_ago, now)
+        shared = self.config.inference.port if self._v2_names else None
+        scan = scan_ports([*ports, *([shared] if shared is not None else [])])
+        for port, sup in ports.items():
+            act = scan[port]
+            sup.observe(act.in_flight, act.last_close_ago, now)
+        if shared is not None:
+            # Conservative: a connection to the shared server may be any of its models'.
+            # Their last activity comes from nginx's per-request log instead.
+            busy = scan[shared].in_flight
+            for sup in self._v2_names.values():
+                sup.observe(busy, None, now)
 
     async def _watch_activity(self) -> None:
         while True:
@@ -170,5 +222,24 @@ class ModelPool:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await asyncio.gather(*(sup.close() for sup in self.models.values()))
+        if self.inference_server is not None:
+            await self.inference_server.close()
+        if self._udp is not None:
+            self._udp.close()
         if self._session is not None:
             await self._session.close()
+
+
+class _ActivityLog(asyncio.DatagramProtocol):
+    """Syslog lines from nginx: ``<190>... model_starter: /v2/models/NAME/infer``."""
+
+    def __init__(self, pool: ModelPool) -> None:
+        self.pool = pool
+
+    def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
+        text = data.decode("utf-8", "replace")
+        marker = text.find("/v2/models/")
+        if marker >= 0:
+            words = text[marker + len("/v2/models/"):].split("/", 1)[0].split()
+            if words:
+                self.pool.request_finished(words[0])

@@ -1,0 +1,107 @@
+"""Drive a model that something else runs (a systemd unit, a container, a k8s deployment).
+
+`start` and `stop` are argv lists run without a shell and must return once the model
+is starting/stopping; readiness still comes from the model's `health` URL. An optional
+`status` command (exit 0 = running) lets a restarted daemon adopt the model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import os
+
+from model_starter.config import ModelSpec
+from model_starter.launchers.base import StartError
+from model_starter.launchers.process import model_environment
+
+__all__ = ["CommandLauncher"]
+
+log = logging.getLogger("model_starter.launcher")
+
+OUTPUT_LINES = 200
+
+
+class CommandLauncher:
+    kind = "command"
+
+    def __init__(self, spec: ModelSpec) -> None:
+        assert spec.start is not None and spec.stop is not None
+        self.spec = spec
+        self._output: collections.deque[str] = collections.deque(maxlen=OUTPUT_LINES)
+        self._running = False
+
+    @property
+    def pid(self) -> int | None:
+        return None
+
+    @property
+    def exited(self) -> asyncio.Future[int] | None:
+        return None  # not our process: crashes show as failed health (see recheck)
+
+    @property
+    def activity_port(self) -> int | None:
+        return self.spec.port if self.spec.host in ("127.0.0.1", "localhost", "::1") else None
+
+    async def _run(self, what: str, argv: tuple[str, ...], timeout: float) -> tuple[int, list[str]]:
+        env = model_environment(self.spec.env, os.environ)
+        env["MODEL_STARTER_MODEL"] = self.spec.name
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT, env=env, cwd=self.spec.cwd,
+            )
+        except OSError as exc:
+            raise StartError("spawn_failed", f"cannot run {what} command {argv[0]!r}: "
+                             f"{exc.strerror or exc}", retry_after=30) from None
+        try:
+            out, _ = await asyncio.wait_for(proc.communicate(), timeout)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+            raise StartError(f"{what}_timeout",
+                             f"the {what} command of model '{self.spec.name}' did not finish "
+                             f"within {timeout:g}s", log_tail=list(self._output)[-20:],
+                             retry_after=30) from None
+        lines = [f"[{what}] {line}" for line in out.decode(errors="replace").splitlines()]
+        self._output.extend(lines)
+        return proc.returncode or 0, lines
+
+    async def start(self) -> None:
+        assert self.spec.start is not None
+        status, lines = await self._run("start", self.spec.start, self.spec.startup_timeout)
+        if status != 0:
+            raise StartError(
+                "start_command_failed",
+                f"the start command of model '{self.spec.name}' exited with status {status}",
+                exit_status=status, log_tail=lines[-20:], retry_after=10,
+            )
+        self._running = True
+
+    async def stop(self) -> None:
+        assert self.spec.stop is not None
+        try:
+            status, lines = await self._run("stop", self.spec.stop, self.spec.stop_timeout)
+        except StartError as exc:
+            log.error("model=%s %s", self.spec.name, exc.detail)
+            return
+        if status != 0:
+            log.error("model=%s stop command exited with status %d: %s", self.spec.name, status,
+                      " | ".join(lines[-5:]))
+        self._running = False
+
+    async def adopt(self) -> bool:
+        if self.spec.status is None:
+            return True  # the supervisor adopts it if its health URL answers
+        try:
+            status, _ = await self._run("status", self.spec.status, 30)
+        except StartError:
+            return False
+        return status == 0
+
+    def tail(self, lines: int = 20) -> list[str]:
+        return list(self._output)[-lines:]
+
+    def maintain(self) -> None:
+        return None

@@ -19,26 +19,34 @@ version ``v1``) and a ``settings.json`` with host 127.0.0.1 and both ports, no m
 server, no parallel workers and no model loaded at startup: models load only through
 ``POST /v2/repository/models/<name>/load``.
 
-Facts observed on MLServer 1.7.1 with these settings (see also ``running``):
+Facts observed on MLServer 1.7.1 with these settings (by hand, against the real server):
 
-* ``GET /v2/health/live`` and ``GET /v2/health/ready``: 200, empty body (ready is
-  "all loaded models ready", so 200 with none loaded).  Live ~1 s after spawn.
-* ``POST /v2/repository/models/<m>/load`` answers only once the model is loaded:
-  200 with an empty body (no Content-Type or body needed); 404
-  ``{"error":"Model <m> not found"}`` for a name not in the repository.  Loading an
-  already loaded model reloads it (200, "Reloaded model" in the log).
-* The load runs on MLServer's event loop (``parallel_workers: 0``): while it runs (~0.6 s
-  for the first load, which imports scikit-learn; a few ms after that) the server answers
-  nothing at all, and the queued requests are then answered as "loaded".
+* Live (``GET /v2/health/live`` 200) ~0.7 s after spawn; SIGTERM exits 0 within ~0.6 s.
+  It listens on exactly two sockets: 127.0.0.1:http_port and [::ffff:127.0.0.1]:grpc_port.
+* ``GET /v2/health/live``: 200, empty body, no Content-Type.  ``GET /v2/health/ready``:
+  200 empty when every registered model is ready (so also with none loaded), 400 empty
+  while any model is loading.
+* ``POST /v2/repository/models/<m>/load`` answers once the model is loaded: 200, empty
+  body.  It never reads the body: no body, ``{}``, junk, any Content-Type all work.
+  Unknown name: 404 ``{"error":"Model <m> not found"}``.  Loading a loaded model is a
+  full reload (new instance loaded, then the old one unloaded; "Reloaded model" logged).
+  ``.../unload``: 200 empty; 404 ``{"error":"Model <m> not found"}`` when not loaded.
+* A scikit-learn load blocks MLServer's event loop (``parallel_workers: 0``): for the
+  ~0.6 s of the first load (it imports scikit-learn; later loads take ~3 ms) the server
+  answers nothing, and the queued requests are then answered as "loaded".  To see the
+  loading state, give a model a ``load_delay`` (an ``asyncio.sleep`` before the load):
+  then ``/v2/models/<m>/ready`` is 400 (empty body), ``/v2/health/ready`` 400, the index
+  state ``UNKNOWN`` and ``/infer`` 400 ``{"error":"Model <m> is not ready yet."}``; an
+  unload during the load answers 200 at once and the load then answers 404.
 * ``GET /v2/models/<m>/ready``: 200 empty body when loaded; 404
-  ``{"error":"Model <m> not found"}`` when not loaded or unknown (400 only for a model
-  registered but not ready, which the blocking load above does not let one see).
-* ``POST /v2/repository/index`` needs a JSON body (``{}``; none gives 422) and lists
-  every model of the repository as ``{"name","version":"v1","state","reason":""}``,
-  state ``UNAVAILABLE`` when not loaded and ``READY`` when loaded.
+  ``{"error":"Model <m> not found"}`` when not loaded or unknown.
+* ``POST /v2/repository/index`` needs a JSON body (``{}``; no body gives 422) and lists
+  every model as ``{"name","version":"v1","state","reason":""}``: ``UNAVAILABLE`` when
+  not loaded, ``UNKNOWN`` while loading, ``READY`` when loaded.
 * ``POST /v2/models/<m>/infer``: 404 ``{"error":"Model <m> not found"}`` when not loaded;
   200 with ``outputs[0]`` = ``{"name":"predict","shape":[1,1],"datatype":"INT64",...,
-  "data":[0]}`` for ``infer_body()``.  Needs ``Content-Type: application/json`` (else 422).
+  "data":[0]}`` for ``infer_body()``.  The body must be JSON with Content-Type
+  ``application/json`` or none (``text/plain`` or a form type give 422).
 """
 
 from __future__ import annotations
@@ -53,7 +61,7 @@ import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -66,6 +74,7 @@ MLSERVER_VERSION = "1.7.1"
 SKIP_REASON = "MLServer is not installed: run `bash scripts/install-mlserver.sh`"
 
 IMPLEMENTATION = "mlserver_sklearn.SKLearnModel"
+SLOW_IMPLEMENTATION = "slow_sklearn.SlowSKLearnModel"  # in the model's folder (load_delay)
 MODEL_VERSION = "v1"
 
 # One iris flower (sepal length, sepal width, petal length, petal width): a setosa.
@@ -96,6 +105,20 @@ got = [int(v) for v in model.predict(rows)]
 if got != expected:
     sys.exit(f"unexpected predictions {got}, wanted {expected}")
 joblib.dump(model, out)
+"""
+
+
+# MLServer imports an implementation from the model's own folder.
+_SLOW_RUNTIME = """\
+import asyncio
+
+from mlserver_sklearn import SKLearnModel
+
+
+class SlowSKLearnModel(SKLearnModel):
+    async def load(self) -> bool:
+        await asyncio.sleep(float(self.settings.parameters.extra["load_delay"]))
+        return await super().load()
 """
 
 
@@ -150,6 +173,7 @@ def make_repository(
     grpc_port: int,
     host: str = "127.0.0.1",
     settings: dict[str, Any] | None = None,
+    load_delay: Mapping[str, float] | None = None,
 ) -> Path:
     """Create an MLServer model repository at ``root`` (created if missing) and return it.
 
@@ -158,6 +182,9 @@ def make_repository(
     ``settings.json`` binds HTTP and gRPC to ``host`` (settings.json wins over MLSERVER_*
     environment variables), disables the metrics server and parallel workers, and loads
     no model at startup.  ``settings`` entries are merged over those defaults.
+
+    ``load_delay`` maps some of the names to seconds: those models sleep that long
+    (without blocking MLServer) before loading, so their loading state can be observed.
     """
     if not available():
         raise RuntimeError(SKIP_REASON)
@@ -170,11 +197,12 @@ def make_repository(
         folder = root / name
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "model.joblib").write_bytes(model)
-        model_settings = {
-            "name": name,
-            "implementation": IMPLEMENTATION,
-            "parameters": {"uri": "./model.joblib", "version": MODEL_VERSION},
-        }
+        parameters: dict[str, Any] = {"uri": "./model.joblib", "version": MODEL_VERSION}
+        model_settings = {"name": name, "implementation": IMPLEMENTATION, "parameters": parameters}
+        if load_delay and name in load_delay:
+            (folder / "slow_sklearn.py").write_text(_SLOW_RUNTIME)
+            model_settings["implementation"] = SLOW_IMPLEMENTATION
+            parameters["extra"] = {"load_delay": float(load_delay[name])}
         (folder / "model-settings.json").write_text(json.dumps(model_settings, indent=2) + "\n")
     server_settings: dict[str, Any] = {
         "host": host,

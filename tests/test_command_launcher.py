@@ -14,6 +14,7 @@ from tests.stack import FAKEMODEL, free_port, pid_alive, read_records, stack, wa
 # detached server and return; stop it through its pidfile; status = is it alive.
 START = """\
 import os, subprocess, sys
+FAKEMODEL = os.environ["FAKEMODEL"]
 pidfile, port, record = sys.argv[1], sys.argv[2], sys.argv[3]
 if os.environ.get("FAIL_START"):
     print("start: no such unit: model@" + port, file=sys.stderr)

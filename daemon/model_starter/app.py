@@ -134,6 +134,8 @@ def create_app(config: Config, name: str = "model_starter") -> Sanic[Any, Any]:
         except StartError as exc:
             return _error(503, exc.reason, exc.detail, retry_after=exc.retry_after,
                           model=name, exit_status=exc.exit_status, log_tail=exc.log_tail)
+        if mode == "auth":
+            return HTTPResponse(status=204, headers={ANSWER_HEADER: "ready"})
         if mode == "retry" or not already:
             return json_response({"model": name, "state": "ready", "retry": True}, status=504,
                                  headers={ANSWER_HEADER: "ready"})

@@ -56,6 +56,7 @@ ONE_AT_A_TIME = {"models": 1.0}
 
 
 LAUNCHERS = ("process", "command", "v2")
+MODES = ("error_page", "auth_request")
 
 
 @dataclass(frozen=True)
@@ -81,6 +82,7 @@ class ModelSpec:
     stop: tuple[str, ...] | None = None
     status: tuple[str, ...] | None = None
     v2_name: str | None = None
+    mode: str = "error_page"
     host: str = "127.0.0.1"
     health: str = "/health"
     startup_timeout: float = 600.0
@@ -347,16 +349,20 @@ def _section(
     return out
 
 
-def _launcher_kind(ctx: _Ctx, node: Node, where: str) -> Any:
-    v = _scalar(node)
-    if v not in LAUNCHERS:
-        ctx.err(node, where, f"expected one of {', '.join(LAUNCHERS)}, got {_show(node)}")
-        return _BAD
-    return v
+def _one_of(choices: tuple[str, ...]) -> Conv:
+    def conv(ctx: _Ctx, node: Node, where: str) -> Any:
+        v = _scalar(node)
+        if v not in choices:
+            ctx.err(node, where, f"expected one of {', '.join(choices)}, got {_show(node)}")
+            return _BAD
+        return v
+
+    return conv
 
 
 # Keys a model may set that `defaults:` may set for every model too.
 _SHARED_FIELDS: dict[str, Conv] = {
+    "mode": _one_of(MODES),
     "health": _health,
     "startup_timeout": _number(0.1, 86400),
     "idle_timeout": _number(0, 10**7),
@@ -369,7 +375,7 @@ _SHARED_FIELDS: dict[str, Conv] = {
     "crash_loop": _crash_loop,
 }
 _MODEL_FIELDS: dict[str, Conv] = {
-    "launcher": _launcher_kind,
+    "launcher": _one_of(LAUNCHERS),
     "command": _argv,
     "start": _argv,
     "stop": _argv,

@@ -111,7 +111,11 @@ class ModelSupervisor:
 
         Every concurrent caller joins the same start and gets the same StartError.
         """
-        if self.state is not State.READY and self.held >= self.spec.max_waiting:
+        self._notice_exit()
+        if self.state is State.READY:  # the hot path of auth_request mode: memory only
+            self.last_activity = self._clock()
+            return True
+        if self.held >= self.spec.max_waiting:
             raise StartError(
                 "queue_full",
                 f"{self.held} requests already wait for model '{self.spec.name}' "

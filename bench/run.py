@@ -514,6 +514,9 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
+BUSY_MIN = 0.9  # nginx worker CPU s per wall s for a round to count
+
+
 @dataclass(frozen=True)
 class WrkResult:
     rps: float
@@ -565,7 +568,9 @@ def hot_path(settings: Settings) -> list[Row]:
     a second server block of the same one-worker nginx, to the same "model": a separate
     one-worker nginx answering 200 "ok", so the front nginx is the bottleneck. Rounds
     alternate (ABBA order), each `wrk -t1 -c32`; the ratio is per round. nginx worker CPU
-    per request comes from /proc/PID/stat (utime+stime, 10 ms ticks)."""
+    per request comes from /proc/PID/stat (utime+stime, 10 ms ticks). A round counts only
+    when the front worker was busy ≥ 0.9 CPU s per s on both sides (else something else
+    shared the CPUs and the ratio measures that); dropped rounds are rerun, at most 3x."""
     fig = "hot-path"
     rounds, seconds, conns = (3, 2, 32) if settings.quick else (7, 3, 32)
     tmp = fresh_dir(settings.out / "hot-path")
@@ -593,16 +598,27 @@ def hot_path(settings: Settings) -> list[Row]:
                 run_wrk(url, 1, conns, worker)
             plain: list[WrkResult] = []
             gen: list[WrkResult] = []
-            for i in range(rounds):
+            every: list[tuple[WrkResult, WrkResult]] = []
+            errors = 0
+            attempts = 0
+            # A round counts only when the front worker was the bottleneck on both sides;
+            # a round that shared the 2 CPUs with another process is run again (bounded).
+            while len(plain) < rounds and attempts < 3 * rounds:
                 order = [("plain", plain_url), ("gen", gen_url)]
-                if i % 2:
+                if attempts % 2:
                     order.reverse()  # ABBA: neither side always runs first
+                attempts += 1
+                got: dict[str, WrkResult] = {}
                 for kind, url in order:
-                    res = run_wrk(url, seconds, conns, worker)
-                    (plain if kind == "plain" else gen).append(res)
-                    print(f"  hot path round {i + 1}/{rounds} {kind:5s} {res.rps:10.0f} req/s "
+                    res = got[kind] = run_wrk(url, seconds, conns, worker)
+                    errors += res.errors
+                    print(f"  hot path attempt {attempts} {kind:5s} {res.rps:10.0f} req/s "
                           f"{res.cpu_per_request * 1e6:6.1f} us CPU/req, worker busy "
                           f"{res.busy:.2f}", file=sys.stderr)
+                every.append((got["plain"], got["gen"]))
+                if min(r.busy for r in got.values()) >= BUSY_MIN:
+                    plain.append(got["plain"])
+                    gen.append(got["gen"])
             if not pid_alive(s.daemon.pid if s.daemon else -1):
                 raise RuntimeError("the daemon died during the hot-path run")
             starts = s.status()["m"].get("starts")
@@ -612,18 +628,25 @@ def hot_path(settings: Settings) -> list[Row]:
         s.close()
         stop_process(backend, signal.SIGQUIT)
 
-    errors = sum(r.errors for r in plain + gen)
+    loaded = not plain
+    if loaded:  # no nginx-bound round at all: report every round, marked unreliable
+        plain, gen = [p for p, _ in every], [g for _, g in every]
     ratios = [g.rps / p.rps for p, g in zip(plain, gen, strict=True)]
     cpu_ratios = [g.cpu_per_request / p.cpu_per_request for p, g in zip(plain, gen, strict=True)]
     med = statistics.median(ratios)
-    how = f"{rounds} rounds alternating, each `wrk -t1 -c{conns} -d{seconds}s`"
+    how = (f"{len(plain)} rounds alternating, each `wrk -t1 -c{conns} -d{seconds}s`; "
+           f"{attempts} run, {attempts - len(plain)} dropped for worker busy < {BUSY_MIN}")
+    if loaded:
+        how = (f"UNRELIABLE: in none of {attempts} rounds was the nginx worker busy ≥ {BUSY_MIN} "
+               "(the machine was loaded); all rounds shown")
     return [
         Row(fig, "plain proxy_pass, median", f"{statistics.median(r.rps for r in plain):,.0f} req/s",
             note=how),
         Row(fig, "generated error_page location, median",
             f"{statistics.median(r.rps for r in gen):,.0f} req/s",
             note="model warm: the daemon is not in the path"),
-        Row(fig, "ratio generated / plain, median", f"{med:.3f}", "≥ 0.98", med >= 0.98,
+        Row(fig, "ratio generated / plain, median", f"{med:.3f}", "≥ 0.98",
+            None if loaded else med >= 0.98,
             note=f"spread {min(ratios):.3f}-{max(ratios):.3f} (per-round ratios)"),
         Row(fig, "per-round ratios", ", ".join(f"{r:.3f}" for r in ratios)),
         Row(fig, "nginx worker CPU per request, median",
@@ -634,9 +657,9 @@ def hot_path(settings: Settings) -> list[Row]:
         Row(fig, "nginx worker busy (CPU s per wall s), median",
             f"plain {statistics.median(r.busy for r in plain):.2f}, generated "
             f"{statistics.median(r.busy for r in gen):.2f}",
-            note="near 1.00: the front nginx worker is the bottleneck; lower rounds shared "
-                 "the CPUs with something else"),
-        Row(fig, "errors (non-2xx + socket)", str(errors), "0", errors == 0),
+            note="of the rounds kept; near 1.00: the front nginx worker is the bottleneck"),
+        Row(fig, "errors (non-2xx + socket)", str(errors), "0", errors == 0,
+            note="over all attempts"),
     ]
 
 

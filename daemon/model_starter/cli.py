@@ -33,6 +33,8 @@ def _parser() -> argparse.ArgumentParser:
     serve = cmd("serve", "run the daemon in the foreground")
     serve.add_argument("--listen", help="HOST:PORT, overrides `listen` from the config")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
+    serve.add_argument("--log-format", default="text", choices=["text", "json"],
+                       help="text lines (default) or JSON lines")
     cmd("check", "validate the config; exit 2 listing every problem")
     ng = cmd("nginx", "print the nginx include")
     ng.add_argument("--style", choices=["conf.d", "locations"], default="conf.d",
@@ -43,6 +45,7 @@ def _parser() -> argparse.ArgumentParser:
         "--json", action="store_true", help="print the raw JSON")
     for name in ("start", "stop"):
         cmd(name, f"{name} a model in the running daemon").add_argument("model")
+    cmd("reload", "make the running daemon re-read its config (like SIGHUP)")
     return p
 
 
@@ -66,7 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd == "serve":
         from model_starter.serve import serve
 
-        return serve(config, listen=args.listen, log_level=args.log_level)
+        return serve(config, args.config, listen=args.listen, log_level=args.log_level,
+                     log_format=args.log_format)
     return _client(config, args)
 
 
@@ -85,10 +89,13 @@ def _nginx(config: Config, style: str, output_dir: str | None) -> int:
 
 def _client(config: Config, args: argparse.Namespace) -> int:
     base = f"http://{_connect_host(config.listen_host)}:{config.listen_port}{ADMIN_PREFIX}"
+    token = config.admin_token
     if args.cmd == "status":
-        code, body = _call("GET", f"{base}/status")
+        code, body = _call("GET", f"{base}/status", token)
+    elif args.cmd == "reload":
+        code, body = _call("POST", f"{base}/reload", token)
     else:
-        code, body = _call("POST", f"{base}/models/{args.model}/{args.cmd}")
+        code, body = _call("POST", f"{base}/models/{args.model}/{args.cmd}", token)
     if code is None:
         print(f"model-starter is not running at {config.listen} ({body})", file=sys.stderr)
         return 1
@@ -105,8 +112,9 @@ def _connect_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
-def _call(method: str, url: str) -> tuple[int | None, Any]:
-    req = urllib.request.Request(url, method=method)  # noqa: S310 - http to our own daemon
+def _call(method: str, url: str, token: str | None) -> tuple[int | None, Any]:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    req = urllib.request.Request(url, method=method, headers=headers)  # noqa: S310 - our daemon
     try:
         with urllib.request.urlopen(req, timeout=3600) as resp:  # noqa: S310
             return resp.status, json.loads(resp.read() or b"{}")

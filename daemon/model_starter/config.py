@@ -110,6 +110,8 @@ class NginxSettings:
     listen: str = "127.0.0.1:8000"
     proxy_timeout: float = 3600.0
     client_max_body_size: str = "100m"
+    write_to: str | None = None  # on reload: write the conf.d include here ...
+    reload_command: tuple[str, ...] | None = None  # ... then run this (e.g. nginx -s reload)
 
 
 @dataclass(frozen=True)
@@ -124,6 +126,7 @@ class Config:
     log_max_bytes: int = 10 * 1024 * 1024
     resources: Mapping[str, float] = field(default_factory=lambda: dict(ONE_AT_A_TIME))
     release_grace: float = 3.0
+    admin_token: str | None = None
     source: str = "<string>"
 
     @property
@@ -391,6 +394,8 @@ _MODEL_FIELDS: dict[str, Conv] = {
 }
 _NGINX_FIELDS: dict[str, Conv] = {
     "listen": _str,
+    "write_to": _str,
+    "reload_command": _argv,
     "proxy_timeout": _number(1, 86400 * 7),
     "client_max_body_size": _body_size,
 }
@@ -416,6 +421,7 @@ _TOP_FIELDS: dict[str, Conv] = {
     "resources": _amounts,
     "defaults": lambda ctx, n, w: _section(ctx, n, w, _SHARED_FIELDS),
     "release_grace": _number(0, 600),
+    "admin_token": _str,
 }
 
 
@@ -533,7 +539,10 @@ def parse_config(
     if top is None:
         raise ConfigError(ctx.problems)
     base = Path(source).resolve().parent if source != "<string>" else Path.cwd()
-    nginx = NginxSettings(**top.get("nginx") or {})
+    nginx_values = dict(top.get("nginx") or {})
+    if "write_to" in nginx_values:
+        nginx_values["write_to"] = str(base / nginx_values["write_to"])
+    nginx = NginxSettings(**nginx_values)
     defaults = {"client_max_body_size": nginx.client_max_body_size, **(top.get("defaults") or {})}
     resources = top.get("resources")
     inference = dict(top.get("inference_server") or {})
@@ -563,6 +572,7 @@ def parse_config(
         log_max_bytes=top.get("log_max_bytes", Config.log_max_bytes),
         resources=dict(ONE_AT_A_TIME) if resources is None else resources,
         release_grace=top.get("release_grace", Config.release_grace),
+        admin_token=top.get("admin_token") or env.get("MODEL_STARTER_TOKEN") or None,
         source=source,
     )
 

@@ -47,6 +47,8 @@ class ModelPool:
         self._tasks: list[asyncio.Task[None]] = []
         self._admission = asyncio.Lock()
         self.inference_server: ModelSupervisor | None = None
+        self._health: HealthChecker | None = None
+        self._pending: dict[str, ModelSpec] = {}  # changed by a reload, restarted when idle
         self._v2_names: dict[str, ModelSupervisor] = {}
         self._udp: asyncio.DatagramTransport | None = None
 
@@ -57,7 +59,7 @@ class ModelPool:
         # No keep-alive: our own probes must not linger as connections to the model.
         connector = aiohttp.TCPConnector(force_close=True, limit=0)
         self._session = aiohttp.ClientSession(connector=connector)
-        health = HealthChecker(self._session)
+        health = self._health = HealthChecker(self._session)
         server = self.config.inference
         if server.command and any(m.launcher == "v2" for m in self.config.models.values()):
             # The inference server is supervised like a model (single-flight start, crash
@@ -70,13 +72,8 @@ class ModelPool:
             self.inference_server = ModelSupervisor(spec, self._launcher(spec), health)
             self.inference_server.listeners.append(self._emit)
             await self.inference_server.adopt()
-        for name, spec in self.config.models.items():
-            sup = ModelSupervisor(spec, self._launcher(spec), health, self._make_room,
-                                  self.config.release_grace, self._clock)
-            sup.listeners.append(self._emit)
-            self.models[name] = sup
-            if spec.launcher == "v2":
-                self._v2_names[spec.v2_name or name] = sup
+        for spec in self.config.models.values():
+            self._add(spec)
         await asyncio.gather(*(sup.adopt() for sup in self.models.values()))
         loop = asyncio.get_running_loop()
         if self._v2_names:
@@ -85,6 +82,71 @@ class ModelPool:
         for sup in self.models.values():
             if sup.spec.preload and sup.state is not State.READY:
                 self._tasks.append(loop.create_task(self._preload(sup)))
+
+    def _add(self, spec: ModelSpec) -> ModelSupervisor:
+        assert self._health is not None
+        sup = ModelSupervisor(spec, self._launcher(spec), self._health, self._make_room,
+                              self.config.release_grace, self._clock)
+        sup.listeners.append(self._emit)
+        self.models[spec.name] = sup
+        if spec.launcher == "v2":
+            self._v2_names[spec.v2_name or spec.name] = sup
+        return sup
+
+    # -- live reload -----------------------------------------------------------------------
+
+    async def reload(self, new: Config) -> dict[str, list[str]]:
+        """Apply a validated config: new models at once, removed ones stopped, changed ones
+        restarted once idle (in-flight work finishes first), unchanged ones untouched."""
+        old = self.config
+        if (new.listen_host, new.listen_port) != (old.listen_host, old.listen_port) or (
+            new.inference != old.inference or new.log_dir != old.log_dir
+            or new.state_dir != old.state_dir
+        ):
+            log.warning("listen, inference_server, log_dir and state_dir changes take effect "
+                        "on the next restart")
+        self.config = new = _keep_process_settings(new, old)
+        summary: dict[str, list[str]] = {"added": [], "removed": [], "changed": [],
+                                         "unchanged": []}
+        for name in [n for n in self.models if n not in new.models]:
+            sup = self.models.pop(name)
+            self._v2_names = {k: v for k, v in self._v2_names.items() if v is not sup}
+            self._pending.pop(name, None)
+            summary["removed"].append(name)
+            self._tasks.append(asyncio.get_running_loop().create_task(sup.close("removed")))
+        for name, spec in new.models.items():
+            current = self.models.get(name)
+            if current is None:
+                self._add(spec)
+                summary["added"].append(name)
+            elif current.spec != spec:
+                self._pending[name] = spec
+                summary["changed"].append(name)
+            else:
+                self._pending.pop(name, None)
+                summary["unchanged"].append(name)
+            self.models[name].release_grace = new.release_grace
+        if self._v2_names and self._udp is None:
+            await self._listen_activity_log()
+        self._apply_pending()
+        log.info("reloaded %s: %s", new.source,
+                 "; ".join(f"{k} {', '.join(v)}" for k, v in summary.items() if v) or "no models")
+        return summary
+
+    def _apply_pending(self) -> None:
+        """Swap in changed specs of models that are not running; ask idle running ones to stop."""
+        for name, spec in list(self._pending.items()):
+            sup = self.models[name]
+            if sup.idle_for_replacement():
+                self._v2_names = {k: v for k, v in self._v2_names.items() if v is not sup}
+                del self.models[name]
+                new = self._add(spec)
+                new.inherit(sup)
+                del self._pending[name]
+            elif sup.state is State.READY:
+                task = sup.try_stop("reload")
+                if task is not None:  # swap the moment it is down, before a request restarts it
+                    task.add_done_callback(lambda _: self._apply_pending())
 
     def _emit(self, event: Event) -> None:
         for listener in self.listeners:
@@ -198,6 +260,7 @@ class ModelPool:
             await asyncio.sleep(ACTIVITY_INTERVAL)
             try:
                 self._refresh_activity()
+                self._apply_pending()
                 now = self._clock()
                 for sup in self.models.values():
                     timeout = sup.spec.idle_timeout
@@ -243,3 +306,12 @@ class _ActivityLog(asyncio.DatagramProtocol):
             words = text[marker + len("/v2/models/"):].split("/", 1)[0].split()
             if words:
                 self.pool.request_finished(words[0])
+
+
+def _keep_process_settings(new: Config, old: Config) -> Config:
+    """Settings bound at daemon start stay as they are until a restart."""
+    import dataclasses
+
+    return dataclasses.replace(new, listen_host=old.listen_host, listen_port=old.listen_port,
+                               inference=old.inference, log_dir=old.log_dir,
+                               state_dir=old.state_dir)

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import logging
-import sys
 
 from model_starter.config import Config
+from model_starter.logs import setup_logging
 
 __all__ = ["serve"]
 
@@ -13,24 +13,18 @@ __all__ = ["serve"]
 LISTEN_BACKLOG = 4096
 
 
-def setup_logging(level: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(logging.WARNING)
-    logging.getLogger("model_starter").setLevel(level.upper())
-
-
-def serve(config: Config, listen: str | None = None, log_level: str = "info") -> int:
-    setup_logging(log_level)
+def serve(
+    config: Config, config_path: str, listen: str | None = None, log_level: str = "info",
+    log_format: str = "text",
+) -> int:
+    setup_logging(log_level, log_format)
     from model_starter.app import create_app
 
     host, port = config.listen_host, config.listen_port
     if listen:
         host, _, p = listen.rpartition(":")
         host, port = host.strip("[]"), int(p)
-    app = create_app(config)
+    app = create_app(config, config_path)
     logging.getLogger("model_starter").info(
         "serving %d model(s) on %s:%d: %s", len(config.models), host, port, ", ".join(config.models)
     )

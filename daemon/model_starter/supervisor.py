@@ -359,10 +359,21 @@ class ModelSupervisor:
             await asyncio.wait([exited], timeout=grace)
         self._notice_exit()
 
-    async def close(self) -> None:
-        """Refuse new starts and stop the model (daemon shutdown)."""
+    async def close(self, reason: str = "shutdown") -> None:
+        """Refuse new starts and stop the model (daemon shutdown, removed by a reload)."""
         self._closed = True
-        await self.stop("shutdown")
+        await self.stop(reason)
+
+    def idle_for_replacement(self) -> bool:
+        """Not running and nothing under way: its spec may be swapped (live reload)."""
+        return self._transition is None and self.state in (State.STOPPED, State.FAILED)
+
+    def inherit(self, old: ModelSupervisor) -> None:
+        """Carry counters and history over from the supervisor this one replaces."""
+        self.starts, self.failed_starts, self.crashes = old.starts, old.failed_starts, old.crashes
+        self.last_error, self.stop_reason = old.last_error, old.stop_reason
+        self._failures = old._failures
+        self.listeners = old.listeners
 
     def maintain(self) -> None:
         self.launcher.maintain()

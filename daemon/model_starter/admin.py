@@ -1,0 +1,140 @@
+"""The admin API under a prefix no model name can take: status, start, stop, reload, an SSE
+event stream and Prometheus metrics. Loopback only: proxied calls (nginx sets our headers)
+are refused with 404, and an optional bearer token guards everything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import time
+from typing import Any
+
+from sanic import HTTPResponse, Request, Sanic
+from sanic import json as json_response
+
+from model_starter.config import ADMIN_PREFIX
+from model_starter.events import EventHub
+from model_starter.launchers import StartError
+from model_starter.metrics import CONTENT_TYPE, Metrics
+from model_starter.pool import ModelPool
+from model_starter.reload import reload_config
+from model_starter.responses import error_response
+from model_starter.supervisor import ModelSupervisor, State
+
+__all__ = ["install_admin", "model_status"]
+
+PROXIED_HEADERS = ("X-Model-Starter-Via", "X-Model-Starter-Model")
+KEEPALIVE_SECONDS = 15.0
+
+
+def install_admin(
+    app: Sanic[Any, Any], pool: ModelPool, metrics: Metrics, hub: EventHub, config_path: str
+) -> None:
+    def denied(request: Request) -> HTTPResponse | None:
+        if any(h in request.headers for h in PROXIED_HEADERS):
+            return error_response(404, "not_found", "not found")
+        token = pool.config.admin_token
+        if token:
+            given = request.headers.get("Authorization", "")
+            if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+                return error_response(401, "unauthorized", "a valid bearer token is required",
+                                      headers={"WWW-Authenticate": "Bearer"})
+        return None
+
+    @app.get(f"{ADMIN_PREFIX}/status")
+    async def status(request: Request) -> HTTPResponse:
+        if (no := denied(request)) is not None:
+            return no
+        server = pool.inference_server
+        return json_response({
+            "models": [model_status(sup) for sup in pool.models.values()],
+            "inference_server": None if server is None else model_status(server),
+        })
+
+    @app.post(f"{ADMIN_PREFIX}/models/<name>/<action:start|stop>")
+    async def control(request: Request, name: str, action: str) -> HTTPResponse:
+        if (no := denied(request)) is not None:
+            return no
+        sup = pool.get(name)
+        if sup is None:
+            return error_response(404, "unknown_model", f"no model named {name!r} is configured",
+                                  model=name)
+        if action == "stop":
+            await sup.stop("manual")
+            return json_response(model_status(sup))
+        try:
+            await sup.ensure_ready()
+        except StartError as exc:
+            return error_response(503, exc.reason, exc.detail, retry_after=exc.retry_after,
+                                  model=name, exit_status=exc.exit_status, log_tail=exc.log_tail)
+        return json_response(model_status(sup))
+
+    @app.post(f"{ADMIN_PREFIX}/reload")
+    async def reload(request: Request) -> HTTPResponse:
+        if (no := denied(request)) is not None:
+            return no
+        result = await reload_config(pool, config_path)
+        return json_response(result, status=200 if result["ok"] else 400)
+
+    @app.get(f"{ADMIN_PREFIX}/metrics")
+    async def prometheus(request: Request) -> HTTPResponse:
+        if (no := denied(request)) is not None:
+            return no
+        return HTTPResponse(metrics.exposition(), content_type=CONTENT_TYPE)
+
+    @app.get(f"{ADMIN_PREFIX}/events")
+    async def events(request: Request) -> HTTPResponse | None:
+        if (no := denied(request)) is not None:
+            return no
+        response = await request.respond(
+            content_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+        with hub.subscribe() as queue:
+            for sup in pool.models.values():  # where everything stands, then what changes
+                snapshot = {"event": "status", "model": sup.spec.name, "time": time.time(),
+                            "state": str(sup.state)}
+                await response.send(f"event: status\ndata: {json.dumps(snapshot)}\n\n")
+            while True:
+                try:
+                    event = await asyncio.wait_for(queue.get(), KEEPALIVE_SECONDS)
+                except TimeoutError:
+                    await response.send(": keepalive\n\n")
+                    continue
+                if event["event"] == "shutdown":
+                    break
+                await response.send(f"event: {event['event']}\ndata: {json.dumps(event)}\n\n")
+        await response.eof()
+        return None
+
+
+def model_status(sup: ModelSupervisor) -> dict[str, Any]:
+    err = sup.last_error
+    now = time.monotonic()
+    backoff = sup.backoff_until(now)
+    return {
+        "name": sup.spec.name,
+        "state": str(sup.state),
+        "since": sup.since,
+        "pid": sup.launcher.pid,
+        "launcher": sup.launcher.kind,
+        "mode": sup.spec.mode,
+        "host": sup.spec.host,
+        "port": sup.spec.port,
+        "held": sup.held,
+        "in_flight": sup.in_flight,
+        "busy": sup.busy(now),
+        "idle_seconds": round(sup.idle_for(now), 3) if sup.state is State.READY else None,
+        "last_activity": time.time() - (now - sup.last_activity),
+        "starts": sup.starts,
+        "failed_starts": sup.failed_starts,
+        "crashes": sup.crashes,
+        "last_start_seconds": sup.last_start_seconds,
+        "stop_reason": sup.stop_reason,
+        "backoff_seconds": None if backoff is None else round(backoff - now, 3),
+        "pinned": sup.spec.pinned,
+        "requires": dict(sup.spec.requires),
+        "last_error": None if err is None else err.as_json(sup.spec.name),
+    }

@@ -114,6 +114,7 @@ class Stack:
     models: dict[str, dict[str, Any]]
     extra: dict[str, Any] = field(default_factory=dict)
     style: str = "conf.d"
+    nginx_extra: dict[str, Any] = field(default_factory=dict)
     daemon_port: int = field(default_factory=free_port)
     nginx_port: int = field(default_factory=free_port)
     daemon: subprocess.Popen[bytes] | None = None
@@ -126,7 +127,7 @@ class Stack:
     def write_config(self) -> None:
         doc = {
             "listen": f"127.0.0.1:{self.daemon_port}",
-            "nginx": {"listen": f"127.0.0.1:{self.nginx_port}"},
+            "nginx": {"listen": f"127.0.0.1:{self.nginx_port}", **self.nginx_extra},
             "log_dir": str(self.tmp / "logs"),
             "state_dir": str(self.tmp / "state"),
             "models": self.models,
@@ -189,6 +190,10 @@ http {{
         assert self.nginx is not None
         self.write_nginx()
         self.nginx.send_signal(signal.SIGHUP)
+
+    @property
+    def nginx_dir(self) -> Path:
+        return self.tmp / "nginx"
 
     def start_daemon(self, *args: str) -> subprocess.Popen[bytes]:
         log = open(self.tmp / "daemon.log", "ab")  # noqa: SIM115 - owned by the process

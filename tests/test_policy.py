@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import socket
+import time
 from pathlib import Path
 
 import pytest
 
-from model_starter.activity import scan_ports
+from model_starter.activity import scan_ports_netlink, scan_ports_proc
 from model_starter.policy import Holder, backoff_until, choose_victims
 
 
@@ -105,7 +107,45 @@ def test_scan_ports_reads_established_and_time_wait(tmp_path: Path) -> None:
         "6: 0100007F:232A 0100007F:C004 01 00000000:00000000 00:00000000 00000000 0 0 5 1",
     ]
     (net / "tcp").write_text(header + "\n".join(rows) + "\n")
-    got = scan_ports([9001, 9003], proc=str(tmp_path))
+    got = scan_ports_proc({9001, 9003}, proc=str(tmp_path))
     assert got[9001].in_flight == 2
     assert got[9001].last_close_ago == pytest.approx(2.0)
     assert got[9003].in_flight == 0 and got[9003].last_close_ago is None
+
+
+def test_netlink_and_proc_agree_on_real_sockets() -> None:
+    """The kernel-filtered netlink scan sees what /proc/net/tcp shows, for several ports."""
+    servers = []
+    for _ in range(2):
+        srv = socket.socket()
+        srv.bind(("127.0.0.1", 0))
+        srv.listen()
+        servers.append(srv)
+    pa, pb = (srv.getsockname()[1] for srv in servers)
+    pairs = []
+    for srv, n in ((servers[0], 3), (servers[1], 2)):
+        for _ in range(n):
+            client = socket.create_connection(srv.getsockname())
+            pairs.append((client, srv.accept()[0]))
+    try:
+        client, server = pairs.pop(0)
+        server.close()  # the model closes first: TIME_WAIT on its side
+        client.close()
+        client, server = pairs.pop()
+        client.close()  # nginx closes first: TIME_WAIT on the client side
+        server.close()
+        time.sleep(0.05)
+        nl = scan_ports_netlink({pa, pb, 1})
+        proc = scan_ports_proc({pa, pb, 1})
+        assert (nl[pa].in_flight, nl[pb].in_flight, nl[1].in_flight) == (2, 1, 0)
+        assert (proc[pa].in_flight, proc[pb].in_flight) == (2, 1)
+        for port in (pa, pb):
+            assert nl[port].last_close_ago is not None and nl[port].last_close_ago < 2
+            assert proc[port].last_close_ago is not None and proc[port].last_close_ago < 2
+        assert nl[1].last_close_ago is None
+    finally:
+        for client, server in pairs:
+            client.close()
+            server.close()
+        for srv in servers:
+            srv.close()

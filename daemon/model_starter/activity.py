@@ -4,23 +4,39 @@ Read from the kernel, at no cost to nginx: each request nginx proxies is its own
 connection (the generated upstreams have no keepalive), so
 
 * an ESTABLISHED connection to the model's port is a request in flight (streams too);
-* a TIME_WAIT entry on the port is a request that ended; its timer tells when
-  (TIME_WAIT lasts 60 s, /proc shows the remaining time in clock ticks), which
+* a TIME_WAIT entry on the port is a request that ended; its timer tells when, which
   catches requests that began and ended between two scans.
+
+The kernel is asked through netlink sock_diag with a per-port filter (what `ss` does),
+so the cost does not grow with the host's other sockets; a busy nginx without upstream
+keepalive leaves tens of thousands of TIME_WAIT entries that /proc/net/tcp would make us
+parse every time. /proc is the fallback where netlink is unavailable.
 """
 
 from __future__ import annotations
 
 import os
+import socket
+import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-__all__ = ["PortActivity", "scan_ports"]
+__all__ = ["PortActivity", "scan_ports", "scan_ports_netlink", "scan_ports_proc"]
 
-ESTABLISHED = "01"
-TIME_WAIT = "06"
+ESTABLISHED, TIME_WAIT = 1, 6
 TIME_WAIT_SECONDS = 60.0
-_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+# netlink / sock_diag constants (linux/netlink.h, linux/sock_diag.h, linux/inet_diag.h)
+NETLINK_SOCK_DIAG = 4
+SOCK_DIAG_BY_FAMILY = 20
+NLM_F_REQUEST, NLM_F_DUMP = 0x1, 0x300
+NLMSG_ERROR, NLMSG_DONE = 2, 3
+INET_DIAG_REQ_BYTECODE = 1
+INET_DIAG_BC_JMP, INET_DIAG_BC_S_EQ, INET_DIAG_BC_D_EQ = 1, 11, 12
+_NLMSG = struct.Struct("=IHHII")
+_REQ = struct.Struct("=BBBBI48s")
+_MSG = struct.Struct("=BBBB2s2s16s16sI8sIIIII")  # inet_diag_msg
 
 
 @dataclass
@@ -28,12 +44,95 @@ class PortActivity:
     in_flight: int = 0
     last_close_ago: float | None = None  # seconds since the newest request on it ended
 
+    def closed(self, ago: float) -> None:
+        if self.last_close_ago is None or ago < self.last_close_ago:
+            self.last_close_ago = ago
 
-def scan_ports(ports: Iterable[int], proc: str = "/proc") -> dict[int, PortActivity]:
+
+def scan_ports(ports: Iterable[int]) -> dict[int, PortActivity]:
     """In-flight connections and the newest close, per local port."""
     wanted = set(ports)
-    out = {p: PortActivity() for p in wanted}
-    if not wanted:
+    try:
+        return scan_ports_netlink(wanted)
+    except OSError:
+        return scan_ports_proc(wanted)
+
+
+# -- netlink ---------------------------------------------------------------------------------
+
+
+def _bytecode(tests: list[tuple[int, int]]) -> bytes:
+    """sock_diag bytecode for "t1 or t2 or ...", built the way `ss` builds it: each test
+    falls through to a JMP to the end (accept) when true, or jumps over that JMP to the
+    next test when false; the last test jumps past the end (reject) when false. Every op
+    lies on the chain of "yes" jumps, which the kernel's audit requires."""
+    (op, port), rest = tests[0], tests[1:]
+    test = struct.pack("=BBH", op, 8, 12) + struct.pack("=BBH", 0, 0, port)
+    if not rest:
+        return test
+    tail = _bytecode(rest)
+    return test + struct.pack("=BBH", INET_DIAG_BC_JMP, 4, len(tail) + 4) + tail
+
+
+def _request(family: int, ports: list[int], seq: int) -> bytes:
+    """A dump of ESTABLISHED and TIME_WAIT sockets whose source or destination port is one
+    of `ports`, filtered in the kernel."""
+    tests = [(op, port) for port in ports for op in (INET_DIAG_BC_S_EQ, INET_DIAG_BC_D_EQ)]
+    bytecode = _bytecode(tests)
+    attr = struct.pack("=HH", 4 + len(bytecode), INET_DIAG_REQ_BYTECODE) + bytecode
+    states = (1 << ESTABLISHED) | (1 << TIME_WAIT)
+    body = _REQ.pack(family, socket.IPPROTO_TCP, 0, 0, states, b"\0" * 48) + attr
+    header = _NLMSG.pack(_NLMSG.size + len(body), SOCK_DIAG_BY_FAMILY,
+                         NLM_F_REQUEST | NLM_F_DUMP, seq, 0)
+    return header + body
+
+
+def _dump(sock: socket.socket, request: bytes) -> list[tuple[int, int, int, int]]:
+    """(state, source port, destination port, expires in ms) of each matched socket."""
+    sock.send(request)
+    out: list[tuple[int, int, int, int]] = []
+    while True:
+        data = sock.recv(1 << 16)
+        offset = 0
+        while offset + _NLMSG.size <= len(data):
+            length, kind, _flags, _seq, _pid = _NLMSG.unpack_from(data, offset)
+            if kind == NLMSG_DONE:
+                return out
+            if kind == NLMSG_ERROR:
+                errno_ = -struct.unpack_from("=i", data, offset + _NLMSG.size)[0]
+                raise OSError(errno_, "sock_diag: " + os.strerror(errno_))
+            if kind == SOCK_DIAG_BY_FAMILY:
+                f = _MSG.unpack_from(data, offset + _NLMSG.size)
+                sport, dport = struct.unpack(">H", f[4])[0], struct.unpack(">H", f[5])[0]
+                out.append((f[1], sport, dport, f[10]))  # state, ports, expires (ms)
+            if length < _NLMSG.size:
+                raise OSError("sock_diag: malformed message")
+            offset += (length + 3) & ~3
+
+
+def scan_ports_netlink(ports: set[int]) -> dict[int, PortActivity]:
+    out = {p: PortActivity() for p in ports}
+    if not ports:
+        return out
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_SOCK_DIAG) as sock:
+        for seq, family in enumerate((socket.AF_INET, socket.AF_INET6), 1):
+            for state, sport, dport, expires in _dump(sock, _request(family, sorted(ports), seq)):
+                if state == ESTABLISHED:
+                    if sport in ports:  # the model's side of the connection
+                        out[sport].in_flight += 1
+                    continue
+                port = sport if sport in ports else dport
+                if port in ports:
+                    out[port].closed(max(0.0, TIME_WAIT_SECONDS - expires / 1000))
+    return out
+
+
+# -- /proc fallback --------------------------------------------------------------------------
+
+
+def scan_ports_proc(ports: set[int], proc: str = "/proc") -> dict[int, PortActivity]:
+    out = {p: PortActivity() for p in ports}
+    if not ports:
         return out
     for name in ("net/tcp", "net/tcp6"):
         try:
@@ -45,21 +144,17 @@ def scan_ports(ports: Iterable[int], proc: str = "/proc") -> dict[int, PortActiv
             row = line.split()
             if len(row) < 6:
                 continue
-            state = row[3]
+            state = int(row[3], 16)
             if state not in (ESTABLISHED, TIME_WAIT):
                 continue
             local = int(row[1].rsplit(":", 1)[1], 16)
             if state == ESTABLISHED:
-                if local in wanted:  # the model's side of the connection
+                if local in ports:  # the model's side of the connection
                     out[local].in_flight += 1
                 continue
             remote = int(row[2].rsplit(":", 1)[1], 16)
-            port = local if local in wanted else remote if remote in wanted else None
-            if port is None:
-                continue
-            remaining = int(row[5].split(":")[1], 16) / _TICKS
-            ago = max(0.0, TIME_WAIT_SECONDS - remaining)
-            act = out[port]
-            if act.last_close_ago is None or ago < act.last_close_ago:
-                act.last_close_ago = ago
+            port = local if local in ports else remote if remote in ports else None
+            if port is not None:
+                remaining = int(row[5].split(":")[1], 16) / _TICKS
+                out[port].closed(max(0.0, TIME_WAIT_SECONDS - remaining))
     return out

@@ -1,7 +1,8 @@
 """Readiness: the port accepts and the health path answers 2xx.
 
-Polling starts at 2 ms and backs off to at most 20 ms, so readiness is seen
-within 20 ms of it happening; a refused connect on loopback costs microseconds.
+Polling starts at 2 ms and backs off to 5 ms for the first seconds (most models that
+start fast start in that window), then to at most 20 ms, so readiness is seen within
+20 ms of it happening; a refused connect on loopback costs microseconds.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import aiohttp
 __all__ = ["HealthChecker", "ReadinessFailed", "poll_intervals"]
 
 FIRST_INTERVAL = 0.002
+EARLY_INTERVAL = 0.005
+EARLY_SECONDS = 2.0
 MAX_INTERVAL = 0.020
 
 
@@ -68,7 +71,8 @@ class HealthChecker:
 
         Raises ReadinessFailed the moment the process exits.
         """
-        interval = poll_intervals()
+        interval = poll_intervals(cap=EARLY_INTERVAL)
+        early_until = time.monotonic() + EARLY_SECONDS
         reason: str | None = "not probed"
         while True:
             if exited is not None and exited.done():
@@ -82,6 +86,8 @@ class HealthChecker:
             cut_short = remaining < 5.0 and result.startswith("TimeoutError")
             if reason == "not probed" or not cut_short:
                 reason = result  # a probe cut short by the deadline says less than the last one
+            if early_until and time.monotonic() > early_until:
+                interval, early_until = poll_intervals(EARLY_INTERVAL, MAX_INTERVAL), 0.0
             pause = min(interval(), max(0.0, deadline - time.monotonic()))
             if exited is None:
                 await asyncio.sleep(pause)

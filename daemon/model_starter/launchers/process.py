@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Callable, Mapping
@@ -45,6 +47,18 @@ def model_environment(spec_env: Mapping[str, str], parent: Mapping[str, str]) ->
     env["PATH"] = path if path.split(os.pathsep)[0] == bindir else f"{bindir}{os.pathsep}{path}"
     env.update(spec_env)
     return env
+
+
+def port_taken(host: str, port: int) -> bool:
+    """True when something listens on host:port (a bind with SO_REUSEADDR fails only then)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            return exc.errno == errno.EADDRINUSE
+    return False
 
 
 def process_start_time(pid: int) -> int | None:
@@ -115,6 +129,8 @@ class ProcessLauncher:
 
     def _refuse_taken_port(self) -> None:
         """A port someone else listens on would make nginx send our traffic to them."""
+        if not port_taken(self.spec.host, self.spec.port):
+            return  # the common case, in microseconds; /proc is read only to name the holder
         inodes = listening_inodes(self.spec.port)
         if not inodes:
             return

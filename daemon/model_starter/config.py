@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from yaml.constructor import SafeConstructor
 
 __all__ = [
     "ADMIN_PREFIX",
@@ -161,9 +162,17 @@ class _Ctx:
         self.problems.append(f"{self.source}:{line}: {where}: {msg}")
 
 
+_CONSTRUCTOR = SafeConstructor()
+
+
 def _scalar(node: Node) -> Any:
-    """Resolve a scalar node to a Python value with YAML's normal tag rules."""
-    return yaml.safe_load(yaml.serialize(node)) if isinstance(node, yaml.ScalarNode) else None
+    """Resolve a scalar node to a Python value with YAML's normal (safe) tag rules."""
+    if not isinstance(node, yaml.ScalarNode):
+        return None
+    try:
+        return _CONSTRUCTOR.construct_object(node, deep=True)
+    except (yaml.YAMLError, ValueError, TypeError):
+        return node.value  # e.g. an unknown !tag: keep the text, validation reports it
 
 
 def _mapping(ctx: _Ctx, node: Node, where: str) -> list[tuple[str, Node, Node]] | None:

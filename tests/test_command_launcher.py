@@ -108,3 +108,17 @@ def test_status_command_lets_a_restarted_daemon_adopt(tmp_path: Path, record: Pa
     for pid in started_pids(record):
         wait_for(lambda pid=pid: not pid_alive(pid), 5, "stop on shutdown")
     assert not os.path.exists(tmp_path / f"model-{model['port']}.pid")
+
+
+def test_dead_command_model_is_started_again(tmp_path: Path, record: Path) -> None:
+    """A model that died behind our back (no process of ours to watch) is noticed by its
+    failed health check when nginx cannot reach it, and started again."""
+    model = command_model(tmp_path, record)
+    with stack(tmp_path, {"svc": model}) as s:
+        first = s.get("/svc/pid").json()["pid"]
+        os.kill(first, signal.SIGKILL)
+        wait_for(lambda: not pid_alive(first), 5, "the model to die")
+        resp = s.get("/svc/pid")
+        assert resp.status == 200 and resp.json()["pid"] != first
+        st = s.status()["svc"]
+        assert st["crashes"] == 1 and st["starts"] == 2

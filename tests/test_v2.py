@@ -129,3 +129,15 @@ def test_genuine_v2_error_of_loaded_model_reaches_client(tmp_path: Path) -> None
         assert resp.status == 404
         assert "error" in resp.json() or "detail" in resp.json()
         assert loads(s, "iris") == 1
+
+
+def test_model_unloaded_behind_our_back_is_loaded_again(tmp_path: Path) -> None:
+    """Someone unloads a V2 model we think is loaded: the next request loads it again."""
+    models, extra, port = v2_config(tmp_path, ["iris"])
+    with stack(tmp_path, models, extra=extra) as s:
+        assert infer(s, "iris").status == 200
+        assert mlserver.call(port, "POST", "/v2/repository/models/iris/unload", {}).status == 200
+        resp = infer(s, "iris")
+        assert resp.status == 200, resp
+        assert mlserver.predictions(resp.json()) == [mlserver.IRIS_PREDICTION]
+        assert loads(s, "iris") == 2

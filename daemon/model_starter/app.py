@@ -132,7 +132,8 @@ def create_app(
                 "taken effect",
                 model=name, log_tail=sup.launcher.tail(20),
             )
-        if reached:
+        if reached or mode == "retry":
+            # nginx failed to get an answer from a model we may think is ready.
             await sup.recheck()
         t0 = time.monotonic()
         try:

@@ -280,17 +280,17 @@ class ModelSupervisor:
         never sees "ready" for a process whose exit is already known.
         """
         exited = self.launcher.exited
-        if self.state is not State.READY or exited is None or not exited.done():
-            return
-        status = exited.result()
+        if self.state is State.READY and exited is not None and exited.done():
+            status = exited.result()
+            self._gone(f"exited with status {status} while ready", status)
+
+    def _gone(self, what: str, status: int | None) -> None:
         tail = self.launcher.tail(TAIL_LINES)
         self.crashes += 1
         self._failures.append(self._clock())
-        self.last_error = StartError(
-            "crashed", f"model '{self.spec.name}' exited with status {status} while ready",
-            exit_status=status, log_tail=tail,
-        )
-        log.error("model=%s crashed: exit status %s%s", self.spec.name, status,
+        self.last_error = StartError("crashed", f"model '{self.spec.name}' {what}",
+                                     exit_status=status, log_tail=tail)
+        log.error("model=%s crashed: %s%s", self.spec.name, what,
                   "".join(f"\n  | {line}" for line in tail))
         self.stop_reason = "crash"
         self.emit("stopped", reason="crash", exit_status=status)
@@ -349,15 +349,26 @@ class ModelSupervisor:
         return True
 
     async def recheck(self, grace: float = 1.0) -> None:
-        """After nginx saw this model fail mid-request: make sure a dying process is noticed.
+        """nginx could not get an answer from this model although we think it is ready.
 
-        A probe is racy (a dying process can still accept for an instant), so wait,
-        bounded, for the process to end; a live one merely costs `grace` on this rare path.
+        With a process of our own, wait (bounded) for its exit: a probe is racy, a dying
+        process can still accept for an instant. Without one (command and V2 launchers)
+        the health URL decides: a model that does not answer it is gone and is started
+        again (a V2 model that someone unloaded, a container that died).
         """
+        if self.state is not State.READY:
+            return
         exited = self.launcher.exited
-        if self.state is State.READY and exited is not None and not exited.done():
-            await asyncio.wait([exited], timeout=grace)
+        if self.launcher.owns_process and exited is not None:
+            if not exited.done():
+                await asyncio.wait([exited], timeout=grace)
+            self._notice_exit()
+            return
         self._notice_exit()
+        spec = self.spec
+        reason = await self.health.probe(spec.host, spec.port, spec.health, timeout=grace + 1)
+        if reason is not None and self.state is State.READY and self._transition is None:
+            self._gone(f"stopped answering {spec.health} ({reason})", None)
 
     async def close(self, reason: str = "shutdown") -> None:
         """Refuse new starts and stop the model (daemon shutdown, removed by a reload)."""

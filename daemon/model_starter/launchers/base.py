@@ -41,6 +41,7 @@ class Launcher(Protocol):
     """Starts and stops one model. Readiness is checked by the supervisor, not here."""
 
     kind: str
+    owns_process: bool  # its `exited` is the model's own process (else: ask its health URL)
 
     @property
     def pid(self) -> int | None: ...

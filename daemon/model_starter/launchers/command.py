@@ -25,6 +25,7 @@ OUTPUT_LINES = 200
 
 class CommandLauncher:
     kind = "command"
+    owns_process = False
 
     def __init__(self, spec: ModelSpec) -> None:
         assert spec.start is not None and spec.stop is not None

@@ -73,6 +73,7 @@ def process_start_time(pid: int) -> int | None:
 
 class ProcessLauncher:
     kind = "process"
+    owns_process = True
 
     def __init__(self, spec: ModelSpec, logfile: LogFile, state_dir: Path) -> None:
         self.spec = spec

@@ -45,6 +45,7 @@ def v2_error(status: int, body: bytes) -> str:
 
 class V2Launcher:
     kind = "v2"
+    owns_process = False
 
     def __init__(
         self,

@@ -340,3 +340,16 @@ def test_status_json_shape(tmp_path: Path, record: Path) -> None:
             assert key in m
         out = s.cli("status", "--json")
         assert json.loads(out.stdout)["models"][0]["name"] == "m"
+
+
+def test_held_request_outlives_default_timeouts(tmp_path: Path, record: Path) -> None:
+    """A start slower than Sanic's and nginx's 60 s defaults: the held request still gets
+    the model's answer (both timeouts are raised from startup_timeout)."""
+    model = fake_model(free_port(), "--listen-delay", "65", record=record)
+    model["startup_timeout"] = 120
+    with stack(tmp_path, {"m": model}) as s:
+        t0 = time.monotonic()
+        resp = s.call("POST", "/m/v1/slow-start", body=b"x", timeout=150)
+        assert resp.status == 200, resp
+        assert resp.json()["body_len"] == 1
+        assert time.monotonic() - t0 >= 65

@@ -58,6 +58,7 @@ def test_cold_v2_request_starts_server_and_loads_model(tmp_path: Path) -> None:
         assert index(port)["secret"] != "READY"
         st = s.status()["iris"]
         assert st["state"] == "ready" and st["launcher"] == "v2"
+        assert st["server_state"] == "READY"  # from the server's repository index
         # warm: straight to the server; metadata under the bare name
         assert infer(s, "iris").status == 200
         assert s.get("/iris").json()["name"] == "iris"

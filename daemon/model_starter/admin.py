@@ -17,6 +17,7 @@ from sanic import json as json_response
 from model_starter.config import ADMIN_PREFIX
 from model_starter.events import EventHub
 from model_starter.launchers import StartError
+from model_starter.launchers.v2 import V2Launcher
 from model_starter.metrics import CONTENT_TYPE, Metrics
 from model_starter.pool import ModelPool
 from model_starter.reload import reload_config
@@ -48,8 +49,16 @@ def install_admin(
         if (no := denied(request)) is not None:
             return no
         server = pool.inference_server
+        models = [model_status(sup) for sup in pool.models.values()]
+        v2 = [sup.launcher for sup in pool.models.values() if isinstance(sup.launcher, V2Launcher)]
+        if v2:  # what the V2 server itself says (its repository index)
+            states = await v2[0].index_states()
+            for entry in models:
+                if entry["launcher"] == "v2":
+                    launcher = pool.models[entry["name"]].launcher
+                    entry["server_state"] = states.get(getattr(launcher, "name", ""), None)
         return json_response({
-            "models": [model_status(sup) for sup in pool.models.values()],
+            "models": models,
             "inference_server": None if server is None else model_status(server),
         })
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import aiohttp
 
@@ -150,11 +150,18 @@ class V2Launcher:
             self._exited = sup.launcher.exited
         return await self._is_ready()
 
-    async def index(self) -> list[dict[str, Any]]:
-        """The repository index (POST with body {}), for status."""
-        status, body = await self._call("POST", "/v2/repository/index", 5)
-        data = json.loads(body) if status == 200 else []
-        return data if isinstance(data, list) else []
+    async def index_states(self) -> dict[str, str]:
+        """Model name -> state from the repository index (POST with body {}). MLServer says
+        READY/UNKNOWN (loading)/UNAVAILABLE; Triton also LOADING/UNLOADING, and lists a
+        never-loaded model without a state ("" here). Empty when the server is down."""
+        try:
+            status, body = await self._call("POST", "/v2/repository/index", 5)
+            data = json.loads(body) if status == 200 else []
+        except (aiohttp.ClientError, TimeoutError, ValueError):
+            return {}
+        if not isinstance(data, list):
+            return {}
+        return {str(m.get("name")): str(m.get("state", "")) for m in data if isinstance(m, dict)}
 
     def tail(self, lines: int = 20) -> list[str]:
         sup = self.server_supervisor

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -36,8 +38,9 @@ def test_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
     assert "DeviceAllow=char-nvidia-frontend rw" in settings
 
 
-def test_daemon_sends_ready_and_stopping(tmp_path: Path) -> None:
-    """READY=1 once listening, STOPPING=1 on SIGTERM, over a real NOTIFY_SOCKET."""
+@contextlib.contextmanager
+def notified_daemon(tmp_path: Path) -> Iterator[tuple[Stack, socket.socket]]:
+    """A daemon started with NOTIFY_SOCKET pointing at a real unix datagram socket."""
     sock_path = tmp_path / "notify.sock"
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
         sock.bind(str(sock_path))
@@ -50,12 +53,30 @@ def test_daemon_sends_ready_and_stopping(tmp_path: Path) -> None:
         finally:
             del os.environ["NOTIFY_SOCKET"]
         try:
-            first = sock.recv(4096).decode()
-            assert "READY=1" in first.splitlines()
-            # It was listening by the time it said so.
-            assert s.direct("GET", "/_ms/status").status == 200
-            s.daemon.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
-            assert "STOPPING=1" in sock.recv(4096).decode().splitlines()
-            assert s.daemon.wait(30) == 0  # type: ignore[union-attr]
+            yield s, sock
         finally:
             s.close()
+
+
+def messages(sock: socket.socket) -> list[str]:
+    return sock.recv(4096).decode().splitlines()
+
+
+def test_daemon_sends_ready_and_stopping(tmp_path: Path) -> None:
+    """READY=1 once listening, STOPPING=1 on SIGTERM, over a real NOTIFY_SOCKET."""
+    with notified_daemon(tmp_path) as (s, sock):
+        assert "READY=1" in messages(sock)
+        # It was listening by the time it said so.
+        assert s.direct("GET", "/_ms/status").status == 200
+        s.daemon.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
+        assert "STOPPING=1" in messages(sock)
+        assert s.daemon.wait(30) == 0  # type: ignore[union-attr]
+
+
+def test_reload_sends_reloading_then_ready(tmp_path: Path) -> None:
+    """Around a reload the daemon notifies RELOADING=1 then READY=1."""
+    with notified_daemon(tmp_path) as (s, sock):
+        assert "READY=1" in messages(sock)
+        s.daemon.send_signal(signal.SIGHUP)  # type: ignore[union-attr]
+        assert "RELOADING=1" in messages(sock)
+        assert "READY=1" in messages(sock)

@@ -1,4 +1,5 @@
 """model-starter benchmarks: one command runs every figure and writes bench/RESULTS.md.
+(The soak test is bench/soak.py; its section of RESULTS.md is kept when this rewrites it.)
 
     .venv/bin/python bench/run.py [--quick] [--no-profile] [--only NAME ...]
 
@@ -265,7 +266,7 @@ def cold_starts(s: Stack, port: int, record: Path, n: int, label: str) -> list[C
 # (alternative names cover launcher variants; a stack counts once per row).
 PROFILE_FRAMES: tuple[tuple[tuple[str, ...], str], ...] = (
     (("ProcessLauncher._refuse_taken_port", "listening_inodes"),
-     "port-in-use check (reads /proc/net/tcp{,6})"),
+     "port-in-use check (a bind probe; /proc/net/tcp only when the port is taken)"),
     (("LogFile.open_for_child",), "model log rotate + open"),
     (("Popen.__init__", "create_subprocess_exec"), "spawn (fork/exec)"),
     (("ProcessLauncher._record",), "launcher state file write"),
@@ -336,8 +337,9 @@ def profile_rows(s: Stack, port: int, record: Path, n: int, fig: str) -> list[Ro
     ]
     rows.append(Row(fig, "profile: periodic activity scan, share of the daemon's wall time",
                     f"{100 * scans / main_samples:.1f} %",
-                    note="scan_ports reads /proc/net/tcp{,6} on the event loop every 0.5 s; "
-                         "a cold request arriving during one waits for it"))
+                    note="scan_ports asks the kernel (netlink sock_diag, per-port filter; "
+                         "/proc/net/tcp as fallback) on the event loop every 0.5 s; a cold "
+                         "request arriving during one waits for it"))
     for (names, label), count in zip(PROFILE_FRAMES, charged, strict=True):
         rows.append(Row(fig, f"profile: {label}, per cold start", ms(count * per_sample / n),
                         note=" or ".join(names)))
@@ -1543,8 +1545,13 @@ def main(argv: list[str] | None = None) -> int:
         *(f"**{name}.** {' '.join((fn.__doc__ or '').split())}\n" for name, fn in FIGURES.items()
           if not args.only or name in args.only),
     ])
+    out = Path(args.output)
+    old = out.read_text(encoding="utf-8") if out.exists() else ""
+    soak = old.find("\n## Soak")  # bench/soak.py's section (its own date and command) stays
+    if soak >= 0:
+        doc = doc.rstrip("\n") + "\n\n" + old[soak + 1:]
     print(doc)
-    Path(args.output).write_text(doc, encoding="utf-8")
+    out.write_text(doc, encoding="utf-8")
     print(f"wrote {args.output}", file=sys.stderr)
     return 1 if failed else 0
 

@@ -8,7 +8,7 @@ classified and the daemon's open file descriptors and RSS must be flat.
 
 Setup: four `tests/fakemodel.py` models (`idle_timeout` 2, 3, 4 and 5 s), `resources:
 {slots: 2}` and each model `requires: {slots: 1}`, so at most two run at once. Traffic: each
-client loops, with 50-250 ms think time, over GET (echo), POST (a random body up to 256 KiB,
+client loops, with 20-100 ms think time, over GET (echo), POST (a random body up to 256 KiB,
 its SHA-256 checked on the model's side), SSE streams of 1-3 s (every event and the final
 `[DONE]` must arrive) and /slow requests of 0.2-1.5 s. Which model: time is cut into 5 s
 phases; in phase k the clients use models k and k+1 (mod 4), and in the last second of a
@@ -64,7 +64,7 @@ IDLE_TIMEOUTS = {"m0": 2, "m1": 3, "m2": 4, "m3": 5}
 PHASE_SECONDS = 5.0
 EARLY_SECONDS = 1.0  # the last second of a phase: half of the requests go to the next pair
 KINDS = (("get", 0.45), ("post", 0.25), ("stream", 0.15), ("slow", 0.15))
-THINK = (0.05, 0.25)
+THINK = (0.02, 0.1)
 REQUEST_TIMEOUT = 90.0
 STREAM_INTERVAL = 0.1
 EXPECTED: dict[tuple[int, str], str] = {

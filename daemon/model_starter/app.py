@@ -59,6 +59,8 @@ VIA_HEADER = "X-Model-Starter-Via"
 METHODS = ["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"]
 NOT_REPLAYABLE = frozenset({"POST", "PATCH"})
 _NUMBER = re.compile(r"\d+")
+# SIGHUPs that arrived before the daemon was ready (recorded by `serve`).
+EARLY_RELOAD: list[bool] = []
 
 
 def request_reached_model(header: str | None) -> bool:
@@ -98,9 +100,18 @@ def create_app(
     async def _ready(app: Sanic[Any, Any]) -> None:
         _no_inheritable_fds()
         loop = asyncio.get_running_loop()
-        # The handler only records; the reload runs as a task on the loop.
-        loop.add_signal_handler(signal.SIGHUP, lambda: app.add_task(_reload_task()))
-        notify(f"READY=1\nSTATUS=serving {len(config.models)} model(s)")
+
+        def announce() -> None:
+            # The handler only records; the reload runs as a task on the loop.
+            loop.add_signal_handler(signal.SIGHUP, lambda: app.add_task(_reload_task()))
+            notify(f"READY=1\nSTATUS=serving {len(config.models)} model(s)")
+            if EARLY_RELOAD:
+                EARLY_RELOAD.clear()
+                app.add_task(_reload_task())
+
+        # Sanic installs its own signal handlers after these listeners, just before the
+        # loop runs forever; a SIGHUP caught in between was lost. Announce once it runs.
+        loop.call_soon(announce)
 
     async def _reload_task() -> None:
         await reload_config(pool, config_path)

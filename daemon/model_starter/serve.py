@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import signal
 
 from model_starter.config import Config
 from model_starter.logs import setup_logging
@@ -18,8 +19,12 @@ def serve(
     log_format: str = "text",
 ) -> int:
     setup_logging(log_level, log_format)
-    from model_starter.app import create_app
+    from model_starter.app import EARLY_RELOAD, create_app
 
+    # A reload asked for before we are ready must not kill us (SIGHUP's default action);
+    # it is recorded and carried out once the daemon runs. A handler, not SIG_IGN: an
+    # ignored signal would be inherited by every model we start.
+    signal.signal(signal.SIGHUP, lambda *_: EARLY_RELOAD.append(True))
     host, port = config.listen_host, config.listen_port
     if listen:
         host, _, p = listen.rpartition(":")

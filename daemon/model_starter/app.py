@@ -40,6 +40,7 @@ from model_starter.notify import notify
 from model_starter.pool import ModelPool
 from model_starter.reload import reload_config
 from model_starter.responses import ANSWER_HEADER, error_response
+from model_starter.supervisor import Event
 
 __all__ = [
     "MODEL_HEADER",
@@ -116,6 +117,12 @@ def create_app(
     async def _reload_task() -> None:
         await reload_config(pool, config_path)
 
+    def _on_event(event: Event) -> None:
+        if event["event"] == "reloaded":  # a longer startup_timeout needs a longer hold
+            app.config.RESPONSE_TIMEOUT = pool.config.max_hold_timeout + 30
+
+    pool.listeners.append(_on_event)
+
     @app.before_server_stop
     async def _close(app: Sanic[Any, Any]) -> None:
         notify("STOPPING=1\nSTATUS=stopping models")
@@ -126,8 +133,8 @@ def create_app(
         name = request.headers.get(MODEL_HEADER) or model
         sup = pool.get(name)
         if sup is None:
-            return error_response(404, "unknown_model", f"no model named {name!r} is configured",
-                          model=name)
+            return error_response(404, "unknown_model",
+                                  f"no model named {name!r} is configured", model=name)
         mode = request.headers.get(MODE_HEADER, "")
         reached = request_reached_model(request.headers.get(SENT_HEADER))
         if reached and sup.spec.launcher == "v2":
@@ -153,7 +160,7 @@ def create_app(
                 metrics.observe_wait(name, time.monotonic() - t0)
         except StartError as exc:
             return error_response(503, exc.reason, exc.detail, retry_after=exc.retry_after,
-                          model=name, exit_status=exc.exit_status, log_tail=exc.log_tail)
+                                  model=name, exit_status=exc.exit_status, log_tail=exc.log_tail)
         if mode == "auth":
             return HTTPResponse(status=204, headers={ANSWER_HEADER: "ready"})
         if mode == "retry" or not already:
@@ -167,13 +174,14 @@ def create_app(
     install_admin(app, pool, metrics, hub, config_path)
 
     @app.exception(Exception)
-    async def onerror_response(request: Request, exc: Exception) -> HTTPResponse:
+    async def on_error(request: Request, exc: Exception) -> HTTPResponse:
         if isinstance(exc, SanicException):
             status = exc.status_code
-            return error_response(status, "not_found" if status == 404 else "bad_request", str(exc))
+            kind = "not_found" if status == 404 else "bad_request"
+            return error_response(status, kind, str(exc))
         log.exception("unexpected error on %s %s", request.method, request.path)
-        return error_response(503, "internal_error", "model-starter hit an internal error; see its log",
-                      retry_after=5)
+        return error_response(503, "internal_error",
+                              "model-starter hit an internal error; see its log", retry_after=5)
 
     return app
 

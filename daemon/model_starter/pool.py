@@ -129,6 +129,7 @@ class ModelPool:
         if self._v2_names and self._udp is None:
             await self._listen_activity_log()
         self._apply_pending()
+        self._emit({"event": "reloaded", "model": "", "time": time.time(), **summary})
         log.info("reloaded %s: %s", new.source,
                  "; ".join(f"{k} {', '.join(v)}" for k, v in summary.items() if v) or "no models")
         return summary

@@ -211,3 +211,12 @@ def test_help_lists_commands() -> None:
                          text=True)
     for cmd in ("serve", "check", "nginx", "status", "start", "stop", "reload"):
         assert cmd in out.stdout
+
+
+def test_admin_answers_loopback_clients_only() -> None:
+    """Without a token the admin API accepts loopback peers only (e.g. in a container)."""
+    from model_starter.admin import _loopback
+
+    assert _loopback("127.0.0.1") and _loopback("127.8.9.10") and _loopback("::1")
+    assert _loopback("::ffff:127.0.0.1")
+    assert not _loopback("172.17.0.1") and not _loopback("10.0.0.5") and not _loopback("x")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import ipaddress
 import json
 import time
 from typing import Any
@@ -37,6 +38,10 @@ def install_admin(
         if any(h in request.headers for h in PROXIED_HEADERS):
             return error_response(404, "not_found", "not found")
         token = pool.config.admin_token
+        if not token and not _loopback(request.ip):
+            # Listening beyond loopback (a container) exposes nothing without a token.
+            return error_response(403, "forbidden", "the admin API answers loopback clients "
+                                  "only, unless admin_token is set")
         if token:
             given = request.headers.get("Authorization", "")
             if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
@@ -117,6 +122,13 @@ def install_admin(
                 await response.send(f"event: {event['event']}\ndata: {json.dumps(event)}\n\n")
         await response.eof()
         return None
+
+
+def _loopback(ip: str) -> bool:
+    try:
+        return ipaddress.ip_address(ip.removeprefix("::ffff:")).is_loopback
+    except ValueError:
+        return ip == ""  # a unix socket has no peer address
 
 
 def model_status(sup: ModelSupervisor) -> dict[str, Any]:

@@ -8,6 +8,10 @@ Each exporter yields ``(file name, content)`` pairs. Per model (error_page mode)
   answer mode and ``$upstream_bytes_sent``; the daemon's 504 means "ready, replay";
 * ``@ms_retry_NAME`` replays the original request (method, URI, body) once.
 
+A V2 model's location maps ``/NAME/...`` onto the shared server's ``/v2/models/NAME/...``
+and also sends the server's 400/404 ("not loaded") to the start path; an auth_request
+model asks the daemon first on every request. The daemon's 404/503 come back as JSON.
+
 Named locations inherit only from ``server {}``, so every location repeats its
 settings; that also keeps the locations-only include independent of the
 operator's server block.
@@ -24,6 +28,8 @@ __all__ = ["STYLES", "render", "render_files"]
 
 STYLES = ("conf.d", "locations")
 STARTER_UPSTREAM = "ms_starter"
+INFERENCE_UPSTREAM = "ms_inference"
+ACTIVITY_FORMAT = "ms_activity"
 DAEMON_DOWN_JSON = (
     '{"error":"starter_unavailable","detail":"the model-starter daemon is not reachable"}'
 )
@@ -41,9 +47,6 @@ RETRY_FAILED_JSON = (
     'request"}'
 )
 
-
-INFERENCE_UPSTREAM = "ms_inference"
-ACTIVITY_FORMAT = "ms_activity"
 
 
 def _upstream(spec: ModelSpec) -> str:

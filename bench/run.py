@@ -575,7 +575,8 @@ def host_busy_seconds() -> float:
 
 def tree_pids(root: int) -> list[int]:
     """root and its descendants (via /proc/PID/task/*/children)."""
-    out, todo = [], [root]
+    out: list[int] = []
+    todo = [root]
     while todo and len(out) < 10_000:
         pid = todo.pop()
         out.append(pid)
@@ -995,6 +996,14 @@ def auth_profile(s: Stack, url: str, seconds: int, conns: int, worker: int, fig:
 # --- figure: swap ----------------------------------------------------------------------------
 
 
+def state_change(model: str, new: str, since: float) -> Callable[[dict[str, Any]], bool]:
+    """Matches the /_ms/events state event of `model` entering `new` at or after `since`."""
+    def match(e: dict[str, Any]) -> bool:
+        return bool(e["event"] == "state" and e["model"] == model and e["new"] == new
+                and e["time"] >= since)
+    return match
+
+
 @dataclass(frozen=True)
 class SwapSample:
     total: float  # client: request to the cold model sent -> response read
@@ -1045,12 +1054,8 @@ def swap(settings: Settings) -> list[Row]:
                     wall1 = time.time()
                     if resp.status != 200:
                         raise RuntimeError(f"swap {i}: {resp.status} {resp.body!r}")
-                    stopping = events.find(lambda e, m=current, w=wall0: e["event"] == "state"
-                                           and e["model"] == m and e["new"] == "stopping"
-                                           and e["time"] >= w)
-                    stopped = events.find(lambda e, m=current, w=wall0: e["event"] == "state"
-                                          and e["model"] == m and e["new"] == "stopped"
-                                          and e["time"] >= w)
+                    stopping = events.find(state_change(current, "stopping", wall0))
+                    stopped = events.find(state_change(current, "stopped", wall0))
                     pid = int(resp.json()["pid"])
                     recs = [r for r in read_records(records[target]) if r.get("pid") == pid]
                     start = next(r for r in recs if r["event"] == "start")

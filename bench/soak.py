@@ -10,11 +10,11 @@ Setup: four `tests/fakemodel.py` models (`idle_timeout` 2, 3, 4 and 5 s), `resou
 {slots: 2}` and each model `requires: {slots: 1}`, so at most two run at once. Traffic: each
 client loops, with 20-100 ms think time, over GET (echo), POST (a random body up to 256 KiB,
 its SHA-256 checked on the model's side), SSE streams of 1-3 s (every event and the final
-`[DONE]` must arrive) and /slow requests of 0.2-1.5 s. Which model: time is cut into 5 s
-phases; in phase k the clients use models k and k+1 (mod 4), and in the last second of a
-phase half of the requests already go to the next phase's pair. Every phase boundary forces
-a swap (one model leaves, one comes in, the one leaving is still busy), and idle models are
-stopped by their idle_timeout.
+`[DONE]` must arrive) and /slow requests of 0.2-1.5 s. Which model: time is cut into steps
+that repeat 5 s, 5 s, 10 s; step k uses models k and k+1 (mod 4), every third step (10 s)
+only model k; in the last second of a step half of the requests already go to the next
+step's models. Step boundaries force swaps (a model comes in while the one leaving is still
+busy), and the one-model steps let the other model idle until its idle_timeout stops it.
 
 Errors are classified by status code, the daemon's JSON `error` field (or what else the body
 was), model and whether it is expected. Expected is only what the README documents as the
@@ -61,8 +61,9 @@ from tests.stack import Stack, fake_model, free_port, kill_recorded, read_record
 
 MODELS = ("m0", "m1", "m2", "m3")
 IDLE_TIMEOUTS = {"m0": 2, "m1": 3, "m2": 4, "m3": 5}
-PHASE_SECONDS = 5.0
-EARLY_SECONDS = 1.0  # the last second of a phase: half of the requests go to the next pair
+# Steps of (seconds, how many models); step g uses models g, g+1, ... (mod 4).
+SCHEDULE = ((5.0, 2), (5.0, 2), (10.0, 1))
+EARLY_SECONDS = 1.0  # the last second of a step: half of the requests go to the next one
 KINDS = (("get", 0.45), ("post", 0.25), ("stream", 0.15), ("slow", 0.15))
 THINK = (0.02, 0.1)
 REQUEST_TIMEOUT = 90.0
@@ -74,6 +75,11 @@ EXPECTED: dict[tuple[int, str], str] = {
 FD_TOLERANCE = 20
 RSS_TOLERANCE_MB = 20.0
 QUIET_WAIT = 120.0  # at most this long for in-flight requests to finish at a quiet point
+
+
+def step_models(step: int) -> list[str]:
+    count = SCHEDULE[step % len(SCHEDULE)][1]
+    return [MODELS[(step + i) % len(MODELS)] for i in range(count)]
 
 
 # --- the report --------------------------------------------------------------------------
@@ -263,11 +269,17 @@ class Traffic:
     # which model and what request
 
     def pick_model(self, rng: random.Random) -> str:
-        elapsed = time.monotonic() - self.t0
-        phase = int(elapsed // PHASE_SECONDS)
-        if elapsed - phase * PHASE_SECONDS >= PHASE_SECONDS - EARLY_SECONDS and rng.random() < 0.5:
-            phase += 1
-        return MODELS[(phase + rng.randrange(2)) % len(MODELS)]
+        cycle = sum(d for d, _ in SCHEDULE)
+        n, t = divmod(time.monotonic() - self.t0, cycle)
+        step = int(n) * len(SCHEDULE)
+        for duration, _ in SCHEDULE:
+            if t < duration:
+                break
+            t -= duration
+            step += 1
+        if t >= duration - EARLY_SECONDS and rng.random() < 0.5:
+            step += 1  # the end of a step: half of the requests already go to the next one
+        return rng.choice(step_models(step))
 
     @staticmethod
     def pick_kind(rng: random.Random) -> str:

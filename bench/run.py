@@ -1516,8 +1516,12 @@ def main(argv: list[str] | None = None) -> int:
                    help="also run the cold starts again under py-spy and attribute the daemon's "
                         "time (default: when py-spy is installed)")
     p.add_argument("--only", nargs="+", choices=sorted(FIGURES), help="run only these figures")
-    p.add_argument("--output", default=str(BENCH / "RESULTS.md"), help="markdown file to write")
+    p.add_argument("--output", help="markdown file to write (default: bench/RESULTS.md; with "
+                                    "--only, bench/out/RESULTS-only.md, so a partial run never "
+                                    "replaces the full table)")
     args = p.parse_args(argv)
+    if args.output is None:
+        args.output = str(OUT / "RESULTS-only.md" if args.only else BENCH / "RESULTS.md")
     command = shlex.join([os.path.relpath(sys.executable, ROOT) if sys.executable.startswith(
         str(ROOT)) else sys.executable, *sys.argv])
     profile = py_spy() is not None if args.profile is None else bool(args.profile)

@@ -49,6 +49,7 @@ from tests.stack import (  # noqa: E402 - the repository root must be importable
     fake_model,
     free_port,
     kill_recorded,
+    nginx_conf,
     pid_alive,
     port_open,
     read_records,
@@ -443,26 +444,12 @@ class HotPathStack(Stack):
         if out.returncode != 0:
             raise RuntimeError(out.stderr)
         conf = ngdir / "nginx.conf"
-        user = "user root;" if os.geteuid() == 0 else ""
-        conf.write_text(f"""
-{user}
-daemon off;
-worker_processes 1;
-pid {ngdir}/nginx.pid;
-error_log {ngdir}/error.log warn;
-events {{ worker_connections 4096; }}
-http {{
-    access_log off;
-    client_body_temp_path {ngdir}/body;
-    proxy_temp_path {ngdir}/proxy;
-    include {ngdir}/model-starter.conf;
+        conf.write_text(nginx_conf(ngdir, f"""include {ngdir}/model-starter.conf;
     server {{
         listen 127.0.0.1:{self.plain_port};
         server_name _;
         location /plain/ {{ proxy_pass http://127.0.0.1:{self.backend_port}/; }}
-    }}
-}}
-""")
+    }}""", log_level="warn"))
         return conf
 
 
@@ -1126,27 +1113,12 @@ class HerdStack(Stack):
         if out.returncode != 0:
             raise RuntimeError(out.stderr)
         conf = ngdir / "nginx.conf"
-        user = "user root;" if os.geteuid() == 0 else ""
-        conf.write_text(f"""
-{user}
-daemon off;
-worker_processes 1;
-worker_rlimit_nofile 16384;
-pid {ngdir}/nginx.pid;
-error_log {ngdir}/error.log warn;
-events {{ worker_connections 8192; }}
-http {{
-    access_log off;
-    client_body_temp_path {ngdir}/body;
-    proxy_temp_path {ngdir}/proxy;
-    include {ngdir}/model-starter-upstreams.conf;
+        conf.write_text(nginx_conf(ngdir, f"""include {ngdir}/model-starter-upstreams.conf;
     server {{
         listen 127.0.0.1:{self.nginx_port} backlog={self.backlog};
         server_name _;
         include {ngdir}/model-starter-locations.conf;
-    }}
-}}
-""")
+    }}""", worker_connections=8192, main="worker_rlimit_nofile 16384;", log_level="warn"))
         return conf
 
 

@@ -27,6 +27,27 @@ FAKEMODEL = str(ROOT / "tests" / "fakemodel.py")
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 
 
+def nginx_conf(ngdir: Path, http: str, *, worker_connections: int = 4096, main: str = "",
+               log_level: str = "info") -> str:
+    """A one-worker nginx.conf whose files all live in `ngdir`, with `http` inside http {}."""
+    user = "user root;" if os.geteuid() == 0 else ""  # tmp dirs are private to us
+    return f"""
+{user}
+daemon off;
+worker_processes 1;
+{main}
+pid {ngdir}/nginx.pid;
+error_log {ngdir}/error.log {log_level};
+events {{ worker_connections {worker_connections}; }}
+http {{
+    access_log off;
+    client_body_temp_path {ngdir}/body;
+    proxy_temp_path {ngdir}/proxy;
+    {http}
+}}
+"""
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -158,22 +179,7 @@ class Stack:
                 f"  include {ngdir}/model-starter-locations.conf; }}"
             )
         conf = ngdir / "nginx.conf"
-        user = "user root;" if os.geteuid() == 0 else ""  # tmp dirs are private to us
-        conf.write_text(f"""
-{user}
-daemon off;
-worker_processes 1;
-pid {ngdir}/nginx.pid;
-error_log {ngdir}/error.log info;
-events {{ worker_connections 4096; }}
-http {{
-    access_log off;
-    client_body_temp_path {ngdir}/body;
-    proxy_temp_path {ngdir}/proxy;
-    {http_inc}
-    {server}
-}}
-""")
+        conf.write_text(nginx_conf(ngdir, f"{http_inc}\n    {server}"))
         return conf
 
     def nginx_test(self) -> subprocess.CompletedProcess[str]:

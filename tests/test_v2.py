@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -142,3 +144,20 @@ def test_model_unloaded_behind_our_back_is_loaded_again(tmp_path: Path) -> None:
         assert resp.status == 200, resp
         assert mlserver.predictions(resp.json()) == [mlserver.IRIS_PREDICTION]
         assert loads(s, "iris") == 2
+
+
+def test_inference_server_crash_marks_models_down_then_recovers(tmp_path: Path) -> None:
+    """The server the daemon runs dies: its V2 models are down at once; the next request
+    starts the server again and reloads the model."""
+    models, extra, _ = v2_config(tmp_path, ["iris"])
+    with stack(tmp_path, models, extra=extra) as s:
+        assert infer(s, "iris").status == 200
+        server = s.direct("GET", "/_ms/status").json()["inference_server"]
+        assert server["state"] == "ready"
+        os.kill(server["pid"], signal.SIGKILL)
+        wait_for(lambda: s.status()["iris"]["state"] == "stopped", 5, "the model marked down")
+        assert s.status()["iris"]["stop_reason"] == "crash"
+        resp = infer(s, "iris")
+        assert resp.status == 200, resp
+        assert mlserver.predictions(resp.json()) == [mlserver.IRIS_PREDICTION]
+        assert s.direct("GET", "/_ms/status").json()["inference_server"]["pid"] != server["pid"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -113,6 +114,7 @@ class ModelPool:
             self._v2_names = {k: v for k, v in self._v2_names.items() if v is not sup}
             self._pending.pop(name, None)
             summary["removed"].append(name)
+            self._tasks = [t for t in self._tasks if not t.done()]
             self._tasks.append(asyncio.get_running_loop().create_task(sup.close("removed")))
         for name, spec in new.models.items():
             current = self.models.get(name)
@@ -311,8 +313,6 @@ class _ActivityLog(asyncio.DatagramProtocol):
 
 def _keep_process_settings(new: Config, old: Config) -> Config:
     """Settings bound at daemon start stay as they are until a restart."""
-    import dataclasses
-
     return dataclasses.replace(new, listen_host=old.listen_host, listen_port=old.listen_port,
                                inference=old.inference, log_dir=old.log_dir,
                                state_dir=old.state_dir)

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import time
 from pathlib import Path
 from typing import Any
 
+from model_starter.commands import run_command
 from model_starter.config import ConfigError, load_config
 from model_starter.nginx import render
 from model_starter.notify import notify
@@ -53,12 +53,13 @@ async def _update_nginx(pool: ModelPool, target: str) -> str:
         return f"write failed: {exc}"
     if not config.nginx.reload_command:
         return "written"
-    proc = await asyncio.create_subprocess_exec(
-        *config.nginx.reload_command, stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
-    out, _ = await proc.communicate()
-    if proc.returncode:
-        message = out.decode(errors="replace").strip()
-        log.error("nginx reload command exited %s: %s", proc.returncode, message)
-        return f"reload failed ({proc.returncode}): {message}"
+    try:
+        status, out = await run_command(config.nginx.reload_command, timeout=None)
+    except OSError as exc:
+        log.error("cannot run the nginx reload command: %s", exc)
+        return f"reload failed: {exc}"
+    if status:
+        message = out.strip()
+        log.error("nginx reload command exited %s: %s", status, message)
+        return f"reload failed ({status}): {message}"
     return "written and reloaded"

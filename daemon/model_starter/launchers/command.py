@@ -12,6 +12,7 @@ import collections
 import logging
 import os
 
+from model_starter.commands import run_command
 from model_starter.config import ModelSpec
 from model_starter.launchers.base import StartError
 from model_starter.launchers.process import model_environment
@@ -49,25 +50,18 @@ class CommandLauncher:
         env = model_environment(self.spec.env, os.environ)
         env["MODEL_STARTER_MODEL"] = self.spec.name
         try:
-            proc = await asyncio.create_subprocess_exec(
-                *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.STDOUT, env=env, cwd=self.spec.cwd,
-            )
+            status, out = await run_command(argv, timeout, env, self.spec.cwd)
         except OSError as exc:
             raise StartError("spawn_failed", f"cannot run {what} command {argv[0]!r}: "
                              f"{exc.strerror or exc}", retry_after=30) from None
-        try:
-            out, _ = await asyncio.wait_for(proc.communicate(), timeout)
         except TimeoutError:
-            proc.kill()
-            await proc.wait()
             raise StartError(f"{what}_timeout",
                              f"the {what} command of model '{self.spec.name}' did not finish "
                              f"within {timeout:g}s", log_tail=list(self._output)[-20:],
                              retry_after=30) from None
-        lines = [f"[{what}] {line}" for line in out.decode(errors="replace").splitlines()]
+        lines = [f"[{what}] {line}" for line in out.splitlines()]
         self._output.extend(lines)
-        return proc.returncode or 0, lines
+        return status, lines
 
     async def start(self) -> None:
         assert self.spec.start is not None

@@ -21,6 +21,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from model_starter.commands import run_command
 from model_starter.config import ModelSpec
 from model_starter.launchers.base import StartError
 from model_starter.logfile import LogFile
@@ -239,18 +240,15 @@ class ProcessLauncher:
         env = model_environment(self.spec.env, os.environ)
         env.update(MODEL_STARTER_PID=str(pid), MODEL_STARTER_MODEL=self.spec.name)
         try:
-            proc = await asyncio.create_subprocess_exec(
-                *self.spec.stop_command, stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE, env=env,
-            )
-            _, err = await asyncio.wait_for(proc.communicate(), self.spec.stop_timeout)
-            if proc.returncode:
-                log.warning("model=%s stop_command exited %s: %s", self.spec.name,
-                            proc.returncode, err.decode(errors="replace").strip()[-500:])
+            status, out = await run_command(self.spec.stop_command, self.spec.stop_timeout, env)
         except (OSError, TimeoutError) as exc:
-            log.warning("model=%s stop_command failed (%s); sending %s", self.spec.name, exc,
-                        signal.Signals(self.spec.stop_signal).name)
+            log.warning("model=%s stop_command failed (%s); sending %s", self.spec.name,
+                        str(exc) or type(exc).__name__, signal.Signals(self.spec.stop_signal).name)
             _killpg(pid, self.spec.stop_signal)
+            return
+        if status:
+            log.warning("model=%s stop_command exited %s: %s", self.spec.name, status,
+                        out.strip()[-500:])
 
     def tail(self, lines: int = 20) -> list[str]:
         return self.logfile.tail(lines)

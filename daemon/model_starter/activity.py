@@ -21,6 +21,8 @@ import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from model_starter.netstat import tcp_rows
+
 __all__ = ["PortActivity", "scan_ports", "scan_ports_netlink", "scan_ports_proc"]
 
 ESTABLISHED, TIME_WAIT = 1, 6
@@ -134,27 +136,20 @@ def scan_ports_proc(ports: set[int], proc: str = "/proc") -> dict[int, PortActiv
     out = {p: PortActivity() for p in ports}
     if not ports:
         return out
-    for name in ("net/tcp", "net/tcp6"):
-        try:
-            with open(f"{proc}/{name}") as fh:
-                lines = fh.readlines()[1:]
-        except OSError:
+    for row in tcp_rows(proc):
+        if len(row) < 6:
             continue
-        for line in lines:
-            row = line.split()
-            if len(row) < 6:
-                continue
-            state = int(row[3], 16)
-            if state not in (ESTABLISHED, TIME_WAIT):
-                continue
-            local = int(row[1].rsplit(":", 1)[1], 16)
-            if state == ESTABLISHED:
-                if local in ports:  # the model's side of the connection
-                    out[local].in_flight += 1
-                continue
-            remote = int(row[2].rsplit(":", 1)[1], 16)
-            port = local if local in ports else remote if remote in ports else None
-            if port is not None:
-                remaining = int(row[5].split(":")[1], 16) / _TICKS
-                out[port].closed(max(0.0, TIME_WAIT_SECONDS - remaining))
+        state = int(row[3], 16)
+        if state not in (ESTABLISHED, TIME_WAIT):
+            continue
+        local = int(row[1].rsplit(":", 1)[1], 16)
+        if state == ESTABLISHED:
+            if local in ports:  # the model's side of the connection
+                out[local].in_flight += 1
+            continue
+        remote = int(row[2].rsplit(":", 1)[1], 16)
+        port = local if local in ports else remote if remote in ports else None
+        if port is not None:
+            remaining = int(row[5].split(":")[1], 16) / _TICKS
+            out[port].closed(max(0.0, TIME_WAIT_SECONDS - remaining))
     return out

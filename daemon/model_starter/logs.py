@@ -9,6 +9,7 @@ import json
 import logging
 import re
 import sys
+import time
 
 __all__ = ["JsonFormatter", "setup_logging"]
 
@@ -37,7 +38,7 @@ def setup_logging(level: str = "info", fmt: str = "text") -> None:
     handler = logging.StreamHandler(sys.stderr)
     if fmt == "json":
         formatter: logging.Formatter = JsonFormatter()
-        formatter.converter = __import__("time").gmtime
+        formatter.converter = time.gmtime
     else:
         formatter = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
     handler.setFormatter(formatter)

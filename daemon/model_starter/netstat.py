@@ -5,12 +5,13 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 
-__all__ = ["listening_inodes", "pids_holding", "port_owner"]
+__all__ = ["listening_inodes", "pids_holding", "tcp_rows"]
 
 LISTEN = "0A"
 
 
-def _rows(proc: str = "/proc") -> Iterator[list[str]]:
+def tcp_rows(proc: str = "/proc") -> Iterator[list[str]]:
+    """The rows of /proc/net/tcp and /proc/net/tcp6, split into fields, headers skipped."""
     for name in ("net/tcp", "net/tcp6"):
         try:
             with open(f"{proc}/{name}") as fh:
@@ -24,7 +25,7 @@ def _rows(proc: str = "/proc") -> Iterator[list[str]]:
 def listening_inodes(port: int, proc: str = "/proc") -> set[int]:
     """Socket inodes listening on `port` (any local address)."""
     out = set()
-    for row in _rows(proc):
+    for row in tcp_rows(proc):
         if len(row) > 9 and row[3] == LISTEN and int(row[1].rsplit(":", 1)[1], 16) == port:
             out.add(int(row[9]))
     return out
@@ -53,8 +54,3 @@ def pids_holding(inodes: set[int], proc: str = "/proc") -> list[int]:
                     continue
     return sorted(found)
 
-
-def port_owner(port: int, proc: str = "/proc") -> int | None:
-    """The lowest PID listening on `port`, or None when nobody (visible to us) does."""
-    pids = pids_holding(listening_inodes(port, proc), proc)
-    return pids[0] if pids else None

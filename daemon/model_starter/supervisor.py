@@ -190,12 +190,12 @@ class ModelSupervisor:
             self.admitted = False
         self._set_state(state)
 
-    def _set_state(self, state: State, **extra: Any) -> None:
+    def _set_state(self, state: State) -> None:
         if state is self.state:
             return
         old, self.state, self.since = self.state, state, time.time()
         log.info("model=%s state %s -> %s", self.spec.name, old, state)
-        self.emit("state", old=str(old), new=str(state), **extra)
+        self.emit("state", old=str(old), new=str(state))
 
     def emit(self, kind: str, **data: Any) -> None:
         event: Event = {"event": kind, "model": self.spec.name, "time": time.time(), **data}

@@ -231,32 +231,37 @@ def _int(lo: int, hi: int, what: str = "an integer") -> Conv:
 _port = _int(1, 65535, "a port")
 
 
+def _text(ctx: _Ctx, node: Node, where: str) -> Any:
+    """A string; YAML numbers are taken as their text (`port: "9001"` or `9001` in argv)."""
+    v = _scalar(node)
+    if isinstance(v, bool) or not isinstance(v, str | int | float):
+        ctx.err(node, where, f"expected a string, got {_show(node)}")
+        return _BAD
+    return str(v)
+
+
 def _argv(ctx: _Ctx, node: Node, where: str) -> Any:
     if not isinstance(node, yaml.SequenceNode) or not node.value:
         ctx.err(node, where, "expected a non-empty list of strings (argv; no shell is used)")
         return _BAD
-    out = []
-    for i, item in enumerate(node.value):
-        v = _scalar(item)
-        if isinstance(v, bool) or not isinstance(v, str | int | float):
-            ctx.err(item, f"{where}[{i}]", f"expected a string, got {_show(item)}")
+    out = [_text(ctx, item, f"{where}[{i}]") for i, item in enumerate(node.value)]
+    return _BAD if _BAD in out else tuple(out)
+
+
+def _mapping_of(item: Conv) -> Conv:
+    """A mapping with free-form keys whose values each go through `item`."""
+
+    def conv(ctx: _Ctx, node: Node, where: str) -> Any:
+        items = _mapping(ctx, node, where)
+        if items is None:
             return _BAD
-        out.append(str(v))
-    return tuple(out)
+        out = {key: item(ctx, vnode, f"{where}.{key}") for key, _k, vnode in items}
+        return {key: value for key, value in out.items() if value is not _BAD}
+
+    return conv
 
 
-def _env(ctx: _Ctx, node: Node, where: str) -> Any:
-    items = _mapping(ctx, node, where)
-    if items is None:
-        return _BAD
-    out: dict[str, str] = {}
-    for key, _k, vnode in items:
-        v = _scalar(vnode)
-        if isinstance(v, bool) or not isinstance(v, str | int | float):
-            ctx.err(vnode, f"{where}.{key}", f"expected a string, got {_show(vnode)}")
-            continue
-        out[key] = str(v)
-    return out
+_env = _mapping_of(_text)
 
 
 def _health(ctx: _Ctx, node: Node, where: str) -> Any:
@@ -304,18 +309,15 @@ def _bool(ctx: _Ctx, node: Node, where: str) -> Any:
     return v
 
 
-def _amounts(ctx: _Ctx, node: Node, where: str) -> Any:
-    items = _mapping(ctx, node, where)
-    if items is None:
+def _amount(ctx: _Ctx, node: Node, where: str) -> Any:
+    v = _scalar(node)
+    if isinstance(v, bool) or not isinstance(v, int | float) or v < 0:
+        ctx.err(node, where, f"expected a number >= 0, got {_show(node)}")
         return _BAD
-    out: dict[str, float] = {}
-    for key, _k, vnode in items:
-        v = _scalar(vnode)
-        if isinstance(v, bool) or not isinstance(v, int | float) or v < 0:
-            ctx.err(vnode, f"{where}.{key}", f"expected a number >= 0, got {_show(vnode)}")
-            continue
-        out[key] = float(v)
-    return out
+    return float(v)
+
+
+_amounts = _mapping_of(_amount)
 
 
 _CRASH_FIELDS: dict[str, Conv] = {

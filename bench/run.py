@@ -438,11 +438,7 @@ class HotPathStack(Stack):
     backend_port: int = 0
 
     def write_nginx(self) -> Path:
-        ngdir = self.tmp / "nginx"
-        ngdir.mkdir(exist_ok=True)
-        out = self.cli("nginx", "--style", "conf.d", "--output-dir", str(ngdir))
-        if out.returncode != 0:
-            raise RuntimeError(out.stderr)
+        ngdir = self.generate_include("conf.d")
         conf = ngdir / "nginx.conf"
         conf.write_text(nginx_conf(ngdir, f"""include {ngdir}/model-starter.conf;
     server {{
@@ -1107,11 +1103,7 @@ class HerdStack(Stack):
     backlog: int = 4096
 
     def write_nginx(self) -> Path:
-        ngdir = self.tmp / "nginx"
-        ngdir.mkdir(exist_ok=True)
-        out = self.cli("nginx", "--style", "locations", "--output-dir", str(ngdir))
-        if out.returncode != 0:
-            raise RuntimeError(out.stderr)
+        ngdir = self.generate_include("locations")
         conf = ngdir / "nginx.conf"
         conf.write_text(nginx_conf(ngdir, f"""include {ngdir}/model-starter-upstreams.conf;
     server {{

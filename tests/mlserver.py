@@ -53,7 +53,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import http.client
 import json
 import os
 import shutil
@@ -65,6 +64,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from tests.stack import Response, request
 
 ROOT = Path(__file__).resolve().parent.parent
 MLSERVER_VENV: Path = ROOT / ".venv-mlserver"
@@ -263,14 +264,7 @@ def predictions(response: dict[str, Any]) -> list[int]:
     raise KeyError(f"no predict output in {response!r}")
 
 
-@dataclass
-class Reply:
-    status: int
-    headers: dict[str, str]
-    body: bytes
-
-    def json(self) -> Any:
-        return json.loads(self.body)
+Reply = Response
 
 
 def call(
@@ -291,13 +285,7 @@ def call(
     else:
         data = json.dumps(body).encode()
         hdrs.setdefault("Content-Type", "application/json")
-    conn = http.client.HTTPConnection(host, port, timeout=timeout)
-    try:
-        conn.request(method, path, body=data, headers=hdrs)
-        resp = conn.getresponse()
-        return Reply(resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read())
-    finally:
-        conn.close()
+    return request(port, method, path, data, hdrs, timeout, host)
 
 
 def is_live(port: int, host: str = "127.0.0.1") -> bool:

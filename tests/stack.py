@@ -102,8 +102,9 @@ def request(
     body: bytes | None = None,
     headers: dict[str, str] | None = None,
     timeout: float = 60.0,
+    host: str = "127.0.0.1",
 ) -> Response:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    conn = http.client.HTTPConnection(host, port, timeout=timeout)
     try:
         conn.request(method, path, body=body, headers=headers or {})
         resp = conn.getresponse()
@@ -125,6 +126,12 @@ def read_records(path: Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def starts(record: Path, port: int | None = None) -> list[dict[str, Any]]:
+    """The process starts the fake models recorded (on one port, or all)."""
+    return [r for r in read_records(record)
+            if r["event"] == "start" and (port is None or r["port"] == port)]
 
 
 @dataclass
@@ -158,18 +165,21 @@ class Stack:
 
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "model_starter", *args, "--config", str(self.config_path)]
-            if args[0] not in ("start", "stop")
-            else [sys.executable, "-m", "model_starter", args[0], "--config",
-                  str(self.config_path), *args[1:]],
+            [sys.executable, "-m", "model_starter", *args, "--config", str(self.config_path)],
             capture_output=True, text=True, check=check, timeout=120,
         )
 
-    def write_nginx(self) -> Path:
-        ngdir = self.tmp / "nginx"
+    def generate_include(self, style: str) -> Path:
+        """`model-starter nginx --style STYLE` into the nginx folder; returns the folder."""
+        ngdir = self.nginx_dir
         ngdir.mkdir(exist_ok=True)
-        out = self.cli("nginx", "--style", self.style, "--output-dir", str(ngdir))
-        assert out.returncode == 0, out.stderr
+        out = self.cli("nginx", "--style", style, "--output-dir", str(ngdir), check=False)
+        if out.returncode != 0:
+            raise RuntimeError(out.stderr)
+        return ngdir
+
+    def write_nginx(self) -> Path:
+        ngdir = self.generate_include(self.style)
         if self.style == "conf.d":
             http_inc, server = f"include {ngdir}/model-starter.conf;", ""
         else:

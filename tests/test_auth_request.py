@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.stack import fake_model, free_port, read_records, stack
+from tests.stack import fake_model, free_port, stack, starts
 
 
 def test_auth_request_mode_starts_and_allows(tmp_path: Path, record: Path) -> None:
@@ -18,7 +18,7 @@ def test_auth_request_mode_starts_and_allows(tmp_path: Path, record: Path) -> No
         assert warm.status == 200 and warm.json()["method"] == "PUT"
         assert s.get("/m").json()["path"] == "/"
         assert s.get("/m/status/504").status == 504  # the model's own answer
-        assert len([r for r in read_records(record) if r["event"] == "start"]) == 1
+        assert len(starts(record)) == 1
         assert s.direct("GET", "/m/x", headers={"X-Model-Starter-Mode": "auth"}).status == 204
 
 

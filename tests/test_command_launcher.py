@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from tests.stack import FAKEMODEL, free_port, pid_alive, read_records, stack, wait_for
+from tests.stack import FAKEMODEL, free_port, pid_alive, stack, starts, wait_for
 
 # What an operator's wrapper around systemctl/docker/kubectl does, without them: start a
 # detached server and return; stop it through its pidfile; status = is it alive.
@@ -61,9 +61,6 @@ def command_model(tmp: Path, record: Path, **extra: Any) -> dict[str, Any]:
     }
 
 
-def started_pids(record: Path) -> list[int]:
-    return [r["pid"] for r in read_records(record) if r["event"] == "start"]
-
 
 def test_command_launcher_start_idle_stop(tmp_path: Path, record: Path) -> None:
     """A cold request runs `start`, waits for health, replays; idleness runs `stop`."""
@@ -72,7 +69,7 @@ def test_command_launcher_start_idle_stop(tmp_path: Path, record: Path) -> None:
         resp = s.call("POST", "/svc/v1/x?q=1", body=b"hello")
         assert resp.status == 200, resp
         assert resp.json()["path"] == "/v1/x?q=1"
-        pids = started_pids(record)
+        pids = [r["pid"] for r in starts(record)]
         assert len(pids) == 1
         st = s.status()["svc"]
         assert st["launcher"] == "command" and st["state"] == "ready"
@@ -103,9 +100,9 @@ def test_status_command_lets_a_restarted_daemon_adopt(tmp_path: Path, record: Pa
         s.start_daemon()
         assert s.status()["svc"]["state"] == "ready"
         assert s.get("/svc/y").status == 200
-        assert len(started_pids(record)) == 1
+        assert len([r["pid"] for r in starts(record)]) == 1
         assert s.stop_daemon() == 0
-    for pid in started_pids(record):
+    for pid in [r["pid"] for r in starts(record)]:
         wait_for(lambda pid=pid: not pid_alive(pid), 5, "stop on shutdown")
     assert not os.path.exists(tmp_path / f"model-{model['port']}.pid")
 

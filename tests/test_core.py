@@ -24,14 +24,12 @@ from tests.stack import (
     read_records,
     request,
     stack,
+    starts,
     wait_for,
 )
 
 VERBS = ["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"]
 
-
-def starts(record: Path) -> list[dict[str, object]]:
-    return [r for r in read_records(record) if r["event"] == "start"]
 
 
 def model_requests(record: Path, path: str) -> list[dict[str, object]]:

@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from model_starter.config import Config, ConfigError, parse_config
-from tests.stack import Stack, fake_model, free_port, kill_recorded, read_records
+from tests.stack import Stack, fake_model, free_port, kill_recorded, starts
 
 METHODS = ["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"]
 MODEL_KEYS = ["command", "port", "host", "health", "startup_timeout", "idle_timeout", "env",
@@ -123,6 +123,6 @@ def test_routes_never_500(daemon: tuple[Stack, Path], method: str, path: str, he
     assert b"Traceback" not in body
     if status >= 400 and status != 504 and body and body.lstrip().startswith(b"{"):
         assert "error" in json.loads(body)
-    started_ports = {r["port"] for r in read_records(record) if r["event"] == "start"}
+    started_ports = {r["port"] for r in starts(record)}
     assert started_ports <= {s.models["m"]["port"]}
     assert {m["name"] for m in s.direct("GET", "/_ms/status").json()["models"]} == {"m"}

@@ -9,7 +9,6 @@ import signal
 import threading
 import time
 from pathlib import Path
-from typing import Any
 
 from tests.stack import (
     Stack,
@@ -17,15 +16,10 @@ from tests.stack import (
     free_port,
     pid_alive,
     port_open,
-    read_records,
     stack,
+    starts,
     wait_for,
 )
-
-
-def starts(record: Path, port: int | None = None) -> list[dict[str, Any]]:
-    return [r for r in read_records(record)
-            if r["event"] == "start" and (port is None or r["port"] == port)]
 
 
 class Stream(threading.Thread):

@@ -14,7 +14,7 @@ from pathlib import Path
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.stack import NGINX, Stack, fake_model, free_port, pid_alive, read_records, stack, wait_for
+from tests.stack import NGINX, Stack, fake_model, free_port, pid_alive, stack, starts, wait_for
 
 
 def test_metrics_exposition_parses_and_counts(tmp_path: Path, record: Path) -> None:
@@ -195,7 +195,7 @@ def test_sigterm_with_held_requests(tmp_path: Path, record: Path) -> None:
         for t in threads:
             t.start()
         wait_for(lambda: s.status()["m"]["held"] == 5, 10, "held requests")
-        pids = [r["pid"] for r in read_records(record) if r["event"] == "start"]
+        pids = [r["pid"] for r in starts(record)]
         t0 = time.monotonic()
         assert s.stop_daemon() == 0
         for t in threads:

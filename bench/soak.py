@@ -337,35 +337,33 @@ class Traffic:
         self.pids[model].add(int(obj["pid"]))
         return True
 
+    async def echo(self, session: aiohttp.ClientSession, kind: str, model: str, method: str,
+                   path: str, body: bytes | None = None) -> bool:
+        """One request the fake model echoes back; checked down to the body's hash."""
+        headers = {"Content-Type": "application/octet-stream"} if body is not None else None
+        async with session.request(method, f"{self.base}/{model}{path}", data=body,
+                                   headers=headers) as resp:
+            if resp.status != 200:
+                await self.classify(kind, model, resp)
+                return False
+            if body is None:
+                return self.check_echo(kind, model, await resp.json(), method, path)
+            return self.check_echo(kind, model, await resp.json(), method, path,
+                                   hashlib.sha256(body).hexdigest(), len(body))
+
     async def do_get(self, session: aiohttp.ClientSession, rng: random.Random, model: str,
                      n: int) -> bool:
-        path = f"/echo/{n}?q={rng.randrange(1000)}"
-        async with session.get(f"{self.base}/{model}{path}") as resp:
-            if resp.status != 200:
-                await self.classify("get", model, resp)
-                return False
-            return self.check_echo("get", model, await resp.json(), "GET", path)
+        return await self.echo(session, "get", model, "GET", f"/echo/{n}?q={rng.randrange(1000)}")
 
     async def do_post(self, session: aiohttp.ClientSession, rng: random.Random, model: str,
                       n: int) -> bool:
         body = rng.randbytes(rng.choice((0, rng.randrange(1, 4096), rng.randrange(1, 256 * 1024))))
-        path = f"/v1/upload/{n}"
-        async with session.post(f"{self.base}/{model}{path}", data=body,
-                                headers={"Content-Type": "application/octet-stream"}) as resp:
-            if resp.status != 200:
-                await self.classify("post", model, resp)
-                return False
-            return self.check_echo("post", model, await resp.json(), "POST", path,
-                                   hashlib.sha256(body).hexdigest(), len(body))
+        return await self.echo(session, "post", model, "POST", f"/v1/upload/{n}", body)
 
     async def do_slow(self, session: aiohttp.ClientSession, rng: random.Random, model: str,
                       n: int) -> bool:
         path = f"/slow?seconds={rng.uniform(0.2, 1.5):.2f}&n={n}"
-        async with session.get(f"{self.base}/{model}{path}") as resp:
-            if resp.status != 200:
-                await self.classify("slow", model, resp)
-                return False
-            return self.check_echo("slow", model, await resp.json(), "GET", path)
+        return await self.echo(session, "slow", model, "GET", path)
 
     async def do_stream(self, session: aiohttp.ClientSession, rng: random.Random, model: str,
                         n: int) -> bool:

@@ -54,16 +54,15 @@ def install_admin(
         if (no := denied(request)) is not None:
             return no
         server = pool.inference_server
-        models = [model_status(sup) for sup in pool.models.values()]
-        v2 = [sup.launcher for sup in pool.models.values() if isinstance(sup.launcher, V2Launcher)]
+        models = {name: model_status(sup) for name, sup in pool.models.items()}
+        v2 = {name: sup.launcher for name, sup in pool.models.items()
+              if isinstance(sup.launcher, V2Launcher)}
         if v2:  # what the V2 server itself says (its repository index)
-            states = await v2[0].index_states()
-            for entry in models:
-                if entry["launcher"] == "v2":
-                    launcher = pool.models[entry["name"]].launcher
-                    entry["server_state"] = states.get(getattr(launcher, "name", ""), None)
+            states = await next(iter(v2.values())).index_states()
+            for name, launcher in v2.items():
+                models[name]["server_state"] = states.get(launcher.name)
         return json_response({
-            "models": models,
+            "models": list(models.values()),
             "inference_server": None if server is None else model_status(server),
         })
 

@@ -157,5 +157,5 @@ def model_status(sup: ModelSupervisor) -> dict[str, Any]:
         "pinned": sup.spec.pinned,
         "requires": dict(sup.spec.requires),
         "last_error": None if err is None else err.as_json(sup.spec.name),
-        "log_error": getattr(getattr(sup.launcher, "logfile", None), "error", None),
+        "log_error": sup.launcher.log_error,
     }

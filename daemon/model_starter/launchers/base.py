@@ -51,6 +51,10 @@ class Launcher(Protocol):
         """Resolves with the exit status when the model's process ends (None: no process)."""
 
     @property
+    def log_error(self) -> str | None:
+        """Why the model's log cannot be written, if it cannot."""
+
+    @property
     def activity_port(self) -> int | None:
         """A local TCP port whose connections are this model's requests (None: no such port)."""
 

@@ -43,6 +43,10 @@ class CommandLauncher:
         return None  # not our process: crashes show as failed health (see recheck)
 
     @property
+    def log_error(self) -> str | None:
+        return None  # no log file of ours
+
+    @property
     def activity_port(self) -> int | None:
         return self.spec.port if self.spec.host in ("127.0.0.1", "localhost", "::1") else None
 

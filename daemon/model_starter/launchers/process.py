@@ -92,6 +92,10 @@ class ProcessLauncher:
         return self._exited
 
     @property
+    def log_error(self) -> str | None:
+        return self.logfile.error
+
+    @property
     def activity_port(self) -> int | None:
         return self.spec.port
 

@@ -74,6 +74,10 @@ class V2Launcher:
         return self._exited
 
     @property
+    def log_error(self) -> str | None:
+        return None  # no log file of ours
+
+    @property
     def activity_port(self) -> int | None:
         return None  # the port is shared by every model of the server
 

@@ -55,6 +55,7 @@ from tests.stack import (  # noqa: E402 - the repository root must be importable
     read_records,
     wait_for,
 )
+from tests.stack import starts as starts_of  # noqa: E402 - `starts` is a local name below
 
 WRK = shutil.which("wrk") or "/usr/bin/wrk"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -1058,7 +1059,7 @@ def swap(settings: Settings) -> list[Row]:
                     current = target
             finally:
                 events.close()
-            starts = {name: len([r for r in read_records(rec) if r["event"] == "start"])
+            starts = {name: len(starts_of(rec))
                       for name, rec in records.items()}
     finally:
         s.close()
@@ -1232,10 +1233,10 @@ def herd(settings: Settings) -> list[Row]:
                         raise RuntimeError(f"stop: {stop.status} {stop.body!r}")
                     wait_for(lambda: not port_open(port), 10, "the model to stop")
                     time.sleep(0.5)
-                before = len([x for x in read_records(record) if x["event"] == "start"])
+                before = len(starts_of(record))
                 with queues:
                     res = herd_requests(s.nginx_port, n)
-                after = len([x for x in read_records(record) if x["event"] == "start"])
+                after = len(starts_of(record))
                 results.append(res)
                 starts.append(after - before)
                 peaks.append(queues.peak)
@@ -1333,7 +1334,8 @@ def daemon_figure(settings: Settings) -> list[Row]:
     med_rss = statistics.median(rss)
     return [
         Row(fig, f"serve start-to-listening ({n} starts)", spread(listen, ms), "median ≤ 1 s",
-            med_listen <= 1.0, note=f"`{' '.join(argv[:2])} ...`: spawn -> port accepts"),
+            med_listen <= 1.0,
+            note=f"`{' '.join(repo_relative(a) for a in argv[:2])} ...`: spawn -> port accepts"),
         Row(fig, "idle RSS (VmRSS 1 s after listening, no model)", spread(rss, mb), "≤ 60 MB",
             med_rss <= 60 * 1024, note=f"VmHWM median {mb(statistics.median(hwm))}"),
         Row(fig, "SIGTERM -> exit, idle daemon", spread(exits, ms)),
@@ -1446,10 +1448,16 @@ def smollm2(settings: Settings) -> list[Row]:
 # --- main ----------------------------------------------------------------------------------
 
 
+def repo_relative(path: str) -> str:
+    """`path` relative to the repository when inside it: results name no machine paths."""
+    return os.path.relpath(path, ROOT) if path.startswith(str(ROOT) + os.sep) else path
+
+
 def code_version() -> str:
     """Which model_starter the daemon runs, and the git commit (read-only git calls)."""
     spec = importlib.util.find_spec("model_starter")
-    where = str(Path(spec.origin).parent) if spec is not None and spec.origin else "not found"
+    where = (repo_relative(str(Path(spec.origin).parent)) if spec is not None and spec.origin
+             else "not found")
     try:
         head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
                               capture_output=True, text=True, timeout=10).stdout.strip()
@@ -1464,10 +1472,10 @@ def code_version() -> str:
 def environment(command: str) -> list[str]:
     return [
         f"- date: {dt.datetime.now(dt.UTC).strftime('%Y-%m-%d %H:%M:%S UTC')}",
-        f"- command: `{command}` (from {ROOT})",
+        f"- command: `{command}` (from the repository root)",
         f"- model_starter: {code_version()}",
         f"- nginx: {nginx_version()} ({NGINX})",
-        f"- Python: {platform.python_version()} ({sys.executable})",
+        f"- Python: {platform.python_version()} ({repo_relative(sys.executable)})",
         f"- CPU: {cpu_model()}",
         f"- kernel: {platform.release()}",
     ]
@@ -1486,8 +1494,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.output is None:
         args.output = str(OUT / "RESULTS-only.md" if args.only else BENCH / "RESULTS.md")
-    command = shlex.join([os.path.relpath(sys.executable, ROOT) if sys.executable.startswith(
-        str(ROOT)) else sys.executable, *sys.argv])
+    command = shlex.join([repo_relative(sys.executable), *sys.argv])
     profile = py_spy() is not None if args.profile is None else bool(args.profile)
     settings = Settings(quick=args.quick, out=OUT, profile=profile)
     env = environment(command)  # before the figures: the code measured, not the code after

@@ -57,7 +57,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from tests.stack import Stack, fake_model, free_port, kill_recorded, read_records  # noqa: E402
+from tests.stack import Stack, fake_model, free_port, kill_recorded, starts  # noqa: E402
 
 MODELS = ("m0", "m1", "m2", "m3")
 IDLE_TIMEOUTS = {"m0": 2, "m1": 3, "m2": 4, "m3": 5}
@@ -479,7 +479,7 @@ class Traffic:
     def check_pids(self) -> None:
         """Every answer for model X came from a process started as model X."""
         for model, rec in self.records.items():
-            started = {int(r["pid"]) for r in read_records(rec) if r["event"] == "start"}
+            started = {int(r["pid"]) for r in starts(rec)}
             for pid in self.pids[model] - started:
                 self.record_error("any", model, 200, "answer from another process",
                                   f"pid {pid} is not one of model {model}'s processes")
@@ -512,7 +512,7 @@ def run_soak(minutes: float, workdir: Path, clients: int = 50, seed: int = 1) ->
     finally:
         stack.close()
         for m, rec in records.items():
-            report.starts[m] = len([r for r in read_records(rec) if r["event"] == "start"])
+            report.starts[m] = len(starts(rec))
             report.leftovers += kill_recorded(rec)
     return report
 

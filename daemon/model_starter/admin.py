@@ -15,19 +15,18 @@ from typing import Any
 from sanic import HTTPResponse, Request, Sanic
 from sanic import json as json_response
 
-from model_starter.config import ADMIN_PREFIX
 from model_starter.events import EventHub
 from model_starter.launchers import StartError
 from model_starter.launchers.v2 import V2Launcher
 from model_starter.metrics import CONTENT_TYPE, Metrics
 from model_starter.pool import ModelPool
+from model_starter.protocol import ADMIN_PREFIX, PROXIED_HEADERS
 from model_starter.reload import reload_config
 from model_starter.responses import error_response
 from model_starter.supervisor import ModelSupervisor, State
 
 __all__ = ["install_admin", "model_status"]
 
-PROXIED_HEADERS = ("X-Model-Starter-Via", "X-Model-Starter-Model")
 KEEPALIVE_SECONDS = 15.0
 
 

@@ -22,7 +22,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import re
 import signal
 import time
 from typing import Any
@@ -38,41 +37,32 @@ from model_starter.launchers import StartError
 from model_starter.metrics import Metrics
 from model_starter.notify import notify
 from model_starter.pool import ModelPool
+from model_starter.protocol import (
+    ANSWER_HEADER,
+    MODE_HEADER,
+    MODEL_HEADER,
+    SENT_HEADER,
+    STATUS_HEADER,
+    first_upstream_status,
+    request_reached_model,
+)
 from model_starter.reload import reload_config
-from model_starter.responses import ANSWER_HEADER, error_response
+from model_starter.responses import error_response
 from model_starter.supervisor import Event
 
-__all__ = [
-    "MODEL_HEADER",
-    "MODE_HEADER",
-    "SENT_HEADER",
-    "VIA_HEADER",
-    "create_app",
-]
+__all__ = ["create_app"]
 
 log = logging.getLogger("model_starter.app")
 
-MODEL_HEADER = "X-Model-Starter-Model"
-MODE_HEADER = "X-Model-Starter-Mode"
-SENT_HEADER = "X-Model-Starter-Upstream-Sent"
-STATUS_HEADER = "X-Model-Starter-Upstream-Status"
-VIA_HEADER = "X-Model-Starter-Via"
 METHODS = ["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"]
 NOT_REPLAYABLE = frozenset({"POST", "PATCH"})
-_NUMBER = re.compile(r"\d+")
 # SIGHUPs that arrived before the daemon was ready (recorded by `serve`).
 EARLY_RELOAD: list[bool] = []
 
 
-def request_reached_model(header: str | None) -> bool:
-    """nginx's $upstream_bytes_sent: 0 means the connection was refused (nothing ran)."""
-    return header is not None and any(int(n) > 0 for n in _NUMBER.findall(header))
-
-
 def v2_not_loaded(upstream_status: str | None) -> bool:
     """nginx's $upstream_status of the first attempt was the V2 server's 404 or 400."""
-    first = _NUMBER.search(upstream_status or "")
-    return first is not None and first.group() in ("400", "404")
+    return first_upstream_status(upstream_status) in (400, 404)
 
 
 def create_app(

@@ -18,7 +18,6 @@ import yaml
 from yaml.constructor import SafeConstructor
 
 __all__ = [
-    "ADMIN_PREFIX",
     "Config",
     "ConfigError",
     "CrashLoop",
@@ -30,8 +29,6 @@ __all__ = [
 ]
 
 MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-# Model names start with an alphanumeric, so this prefix can never be a model.
-ADMIN_PREFIX = "/_ms"
 BODY_SIZE_RE = re.compile(r"^[0-9]+[kKmMgG]?$")
 
 

@@ -23,6 +23,19 @@ import math
 from collections.abc import Iterator
 
 from model_starter.config import Config, ModelSpec
+from model_starter.protocol import (
+    ACTIVITY_LOG_FORMAT,
+    ACTIVITY_LOG_TAG,
+    ANSWER_HEADER,
+    ANSWER_NOT_REPLAYED,
+    MODE_AUTH,
+    MODE_HEADER,
+    MODE_RETRY,
+    MODEL_HEADER,
+    SENT_HEADER,
+    STATUS_HEADER,
+    VIA_HEADER,
+)
 
 __all__ = ["STYLES", "render", "render_files"]
 
@@ -47,6 +60,10 @@ RETRY_FAILED_JSON = (
     'request"}'
 )
 
+
+def _var(header: str) -> str:
+    """The nginx variable of an upstream response header."""
+    return "$upstream_http_" + header.lower().replace("-", "_")
 
 
 def _upstream(spec: ModelSpec) -> str:
@@ -89,7 +106,7 @@ def render_http(config: Config) -> str:
         addr = _addr(config.inference.host, config.inference.port)
         out.append(f"upstream {INFERENCE_UPSTREAM} {{\n    server {addr};\n}}\n")
         # Which V2 model a finished request was for (the server's port is shared).
-        out.append(f"log_format {ACTIVITY_FORMAT} '$uri';\n")
+        out.append(f"log_format {ACTIVITY_FORMAT} '{ACTIVITY_LOG_FORMAT}';\n")
     return "\n".join(out)
 
 
@@ -128,7 +145,7 @@ def _model_locations(config: Config, spec: ModelSpec) -> list[str]:
         # 400/404 of a loaded model is replayed once and then reaches the client as is.
         prefix = f"/v2/models/{spec.v2_name or name}"
         bare, strip = f"rewrite ^ {prefix} break;", f"rewrite ^/{rx}/(.*)$ {prefix}/$1 break;"
-        log = f"access_log syslog:server={_daemon_addr(config)},tag=model_starter,nohostname "
+        log = f"access_log syslog:server={_daemon_addr(config)},tag={ACTIVITY_LOG_TAG},nohostname "
         proxy = [*proxy, f"{log}{ACTIVITY_FORMAT};"]
         on_down = ["proxy_intercept_errors on;", f"error_page 400 404 502 = {start};",
                    "recursive_error_pages on;"]
@@ -146,7 +163,7 @@ def _model_locations(config: Config, spec: ModelSpec) -> list[str]:
             f"auth_request /_ms_auth/{name};",
             "auth_request_set $ms_auth_status $upstream_status;",
             "auth_request_set $ms_auth_retry $upstream_http_retry_after;",
-            "auth_request_set $ms_auth_error $upstream_http_x_model_starter;",
+            f"auth_request_set $ms_auth_error {_var(ANSWER_HEADER)};",
             "error_page 500 = @ms_auth_failed;",
         ]
         extra = [_block(f"= /_ms_auth/{name}", [
@@ -156,8 +173,8 @@ def _model_locations(config: Config, spec: ModelSpec) -> list[str]:
             'proxy_set_header Connection "";',
             "proxy_pass_request_body off;",
             'proxy_set_header Content-Length "";',
-            f"proxy_set_header X-Model-Starter-Model {name};",
-            "proxy_set_header X-Model-Starter-Mode auth;",
+            f"proxy_set_header {MODEL_HEADER} {name};",
+            f"proxy_set_header {MODE_HEADER} {MODE_AUTH};",
             "proxy_connect_timeout 5s;",
             f"proxy_read_timeout {_secs(spec.hold_timeout + 30)};",
         ])]
@@ -170,10 +187,10 @@ def _model_locations(config: Config, spec: ModelSpec) -> list[str]:
             "proxy_http_version 1.1;",
             "proxy_pass_request_body off;",
             'proxy_set_header Content-Length "";',
-            f"proxy_set_header X-Model-Starter-Model {name};",
-            "proxy_set_header X-Model-Starter-Mode retry;",
-            "proxy_set_header X-Model-Starter-Upstream-Sent $upstream_bytes_sent;",
-            "proxy_set_header X-Model-Starter-Upstream-Status $upstream_status;",
+            f"proxy_set_header {MODEL_HEADER} {name};",
+            f"proxy_set_header {MODE_HEADER} {MODE_RETRY};",
+            f"proxy_set_header {SENT_HEADER} $upstream_bytes_sent;",
+            f"proxy_set_header {STATUS_HEADER} $upstream_status;",
             "proxy_connect_timeout 5s;",
             f"proxy_read_timeout {_secs(spec.hold_timeout + 30)};",
             f"client_max_body_size {spec.client_max_body_size};",
@@ -195,8 +212,8 @@ def render_locations(config: Config) -> str:
         "default_type application/json;",
         # The daemon's own 502 (a POST that is not replayed) is intercepted here too;
         # only a missing daemon answer means "daemon down".
-        "if ($upstream_http_x_model_starter = not_replayed) {",
-        "    add_header X-Model-Starter not_replayed always;  # and no inherited Retry-After",
+        f"if ({_var(ANSWER_HEADER)} = {ANSWER_NOT_REPLAYED}) {{",
+        f"    add_header {ANSWER_HEADER} {ANSWER_NOT_REPLAYED} always;  # and no inherited Retry-After",
         f"    return 502 '{NOT_REPLAYED_JSON}';",
         "}",
         "add_header Retry-After 5 always;",
@@ -225,7 +242,7 @@ def render_locations(config: Config) -> str:
         "proxy_http_version 1.1;",
         "proxy_pass_request_body off;",
         'proxy_set_header Content-Length "";',
-        "proxy_set_header X-Model-Starter-Via nginx;",
+        f"proxy_set_header {VIA_HEADER} nginx;",
         "proxy_connect_timeout 5s;",
         f"client_max_body_size {config.nginx.client_max_body_size};",
         "proxy_intercept_errors on;",

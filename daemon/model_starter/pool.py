@@ -27,6 +27,7 @@ from model_starter.launchers.command import CommandLauncher
 from model_starter.launchers.v2 import V2Launcher
 from model_starter.logfile import LogFile
 from model_starter.policy import Holder, choose_victims
+from model_starter.protocol import parse_activity_datagram
 from model_starter.supervisor import Event, ModelSupervisor, State
 
 __all__ = ["ModelPool"]
@@ -303,12 +304,9 @@ class _ActivityLog(asyncio.DatagramProtocol):
         self.pool = pool
 
     def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
-        text = data.decode("utf-8", "replace")
-        marker = text.find("/v2/models/")
-        if marker >= 0:
-            words = text[marker + len("/v2/models/"):].split("/", 1)[0].split()
-            if words:
-                self.pool.request_finished(words[0])
+        name = parse_activity_datagram(data)
+        if name is not None:
+            self.pool.request_finished(name)
 
 
 def _keep_process_settings(new: Config, old: Config) -> Config:

@@ -7,10 +7,9 @@ from typing import Any
 from sanic import HTTPResponse
 from sanic import json as json_response
 
-__all__ = ["ANSWER_HEADER", "error_response"]
+from model_starter.protocol import ANSWER_HEADER
 
-# Says which answer this is; the generated nginx config tests it (e.g. `not_replayed`).
-ANSWER_HEADER = "X-Model-Starter"
+__all__ = ["error_response"]
 
 
 def error_response(

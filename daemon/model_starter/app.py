@@ -32,7 +32,7 @@ from sanic.exceptions import SanicException
 
 from model_starter.admin import install_admin
 from model_starter.config import Config
-from model_starter.events import EventHub
+from model_starter.events import Event, EventHub, Reloaded, Shutdown
 from model_starter.launchers import StartError
 from model_starter.metrics import Metrics
 from model_starter.notify import notify
@@ -48,7 +48,6 @@ from model_starter.protocol import (
 )
 from model_starter.reload import reload_config
 from model_starter.responses import error_response
-from model_starter.supervisor import Event
 
 __all__ = ["create_app"]
 
@@ -58,11 +57,6 @@ METHODS = ["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"]
 NOT_REPLAYABLE = frozenset({"POST", "PATCH"})
 # SIGHUPs that arrived before the daemon was ready (recorded by `serve`).
 EARLY_RELOAD: list[bool] = []
-
-
-def v2_not_loaded(upstream_status: str | None) -> bool:
-    """nginx's $upstream_status of the first attempt was the V2 server's 404 or 400."""
-    return first_upstream_status(upstream_status) in (400, 404)
 
 
 def create_app(
@@ -108,7 +102,7 @@ def create_app(
         await reload_config(pool, config_path)
 
     def _on_event(event: Event) -> None:
-        if event["event"] == "reloaded":  # a longer startup_timeout needs a longer hold
+        if isinstance(event, Reloaded):  # a longer startup_timeout needs a longer hold
             app.config.RESPONSE_TIMEOUT = pool.config.max_hold_timeout + 30
 
     pool.listeners.append(_on_event)
@@ -116,7 +110,7 @@ def create_app(
     @app.before_server_stop
     async def _close(app: Sanic[Any, Any]) -> None:
         notify("STOPPING=1\nSTATUS=stopping models")
-        hub.publish({"event": "shutdown", "model": "", "time": time.time()})
+        hub.publish(Shutdown())
         await pool.close()
 
     async def model_route(request: Request, model: str, rest: str = "") -> HTTPResponse:
@@ -126,10 +120,9 @@ def create_app(
             return error_response(404, "unknown_model",
                                   f"no model named {name!r} is configured", model=name)
         mode = request.headers.get(MODE_HEADER, "")
-        reached = request_reached_model(request.headers.get(SENT_HEADER))
-        if reached and sup.spec.launcher == "v2":
-            # The server's own 404/400 means "not loaded": nothing ran, a replay is safe.
-            reached = not v2_not_loaded(request.headers.get(STATUS_HEADER))
+        # A launcher may know the first answer meant "nothing ran" (V2: not loaded).
+        reached = request_reached_model(request.headers.get(SENT_HEADER)) and not (
+            sup.launcher.replay_safe(first_upstream_status(request.headers.get(STATUS_HEADER))))
         if reached and request.method in NOT_REPLAYABLE:
             log.warning("model=%s %s reached the model and failed; not replayed",
                         name, request.method)

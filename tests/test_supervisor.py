@@ -26,6 +26,7 @@ from model_starter.events import (
     StopReason,
 )
 from model_starter.launchers import StartError
+from model_starter.launchers.base import LauncherKind
 from model_starter.monitor import ActivityMonitor
 from model_starter.supervisor import ModelSupervisor
 
@@ -48,7 +49,7 @@ class FakeLauncher:
     seconds a start takes on the fake clock, or the StartError it fails with. A start
     or stop can be held at a gate until the test opens it."""
 
-    kind = "process"
+    kind: LauncherKind = "process"
     owns_process = True
 
     def __init__(self, clock: FakeClock, history: list[float | StartError] | None = None) -> None:
@@ -312,9 +313,13 @@ async def test_eviction_stops_the_idle_model_before_the_new_one_starts() -> None
     clock = FakeClock()
     models, launchers, _ = pair(clock)
     order: list[str] = []
-    for name, sup in models.items():
-        sup.listeners.append(lambda e, n=name: isinstance(e, StateChanged) and order.append(
-            f"{n} {e.new}"))
+
+    def record(event: Event) -> None:
+        if isinstance(event, StateChanged):
+            order.append(f"{event.model} {event.new}")
+
+    for sup in models.values():
+        sup.listeners.append(record)
     await models["a"].ensure_ready()
     clock.advance(10)  # past a's release grace: idle
     assert await models["b"].ensure_ready() is False

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Protocol
+from typing import Literal, Protocol
 
 from model_starter.events import FailureReason
 
-__all__ = ["FailureReason", "Launcher", "StartError"]
+__all__ = ["FailureReason", "Launcher", "LauncherKind", "StartError"]
+
+LauncherKind = Literal["process", "command", "v2"]
 
 
 class StartError(Exception):
@@ -42,7 +44,7 @@ class StartError(Exception):
 class Launcher(Protocol):
     """Starts and stops one model. Readiness is checked by the supervisor, not here."""
 
-    kind: str
+    kind: LauncherKind
     owns_process: bool  # its `exited` is the model's own process (else: ask its health URL)
 
     @property

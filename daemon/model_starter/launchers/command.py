@@ -15,7 +15,7 @@ from typing import Literal
 
 from model_starter.commands import run_command
 from model_starter.config import ModelSpec
-from model_starter.launchers.base import FailureReason, StartError
+from model_starter.launchers.base import FailureReason, LauncherKind, StartError
 from model_starter.launchers.process import model_environment
 
 __all__ = ["CommandLauncher"]
@@ -32,7 +32,7 @@ TIMED_OUT: dict[Step, FailureReason] = {
 
 
 class CommandLauncher:
-    kind = "command"
+    kind: LauncherKind = "command"
     owns_process = False
 
     def __init__(self, spec: ModelSpec) -> None:

@@ -23,7 +23,7 @@ from typing import Any
 
 from model_starter.commands import run_command
 from model_starter.config import ModelSpec
-from model_starter.launchers.base import FailureReason, StartError
+from model_starter.launchers.base import FailureReason, LauncherKind, StartError
 from model_starter.logfile import LogFile
 from model_starter.netstat import listening_inodes, pids_holding
 
@@ -73,7 +73,7 @@ def process_start_time(pid: int) -> int | None:
 
 
 class ProcessLauncher:
-    kind = "process"
+    kind: LauncherKind = "process"
     owns_process = True
 
     def __init__(self, spec: ModelSpec, logfile: LogFile, state_dir: Path) -> None:

@@ -19,7 +19,7 @@ import aiohttp
 
 from model_starter.config import InferenceServer, ModelSpec
 from model_starter.inference import InferenceServerProcess
-from model_starter.launchers.base import FailureReason, StartError
+from model_starter.launchers.base import FailureReason, LauncherKind, StartError
 
 __all__ = ["ServerCalls", "V2Launcher", "v2_error"]
 
@@ -51,7 +51,7 @@ class ServerCalls:
 
 
 class V2Launcher:
-    kind = "v2"
+    kind: LauncherKind = "v2"
     owns_process = False
 
     def __init__(

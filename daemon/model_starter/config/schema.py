@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import ClassVar, Literal, get_args
 
-from model_starter.config import convert as c
+import model_starter.config.convert as c
 from model_starter.config.convert import Key, key
 
 LauncherKind = Literal["process", "command", "v2"]

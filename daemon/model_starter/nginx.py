@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 
-from model_starter.config import Config, ModelSpec
+from model_starter.config import Config, ModelSpec, V2Spec
 from model_starter.protocol import (
     ACTIVITY_LOG_FORMAT,
     ACTIVITY_LOG_TAG,
@@ -139,7 +139,7 @@ def _model_locations(config: Config, spec: ModelSpec) -> list[str]:
     rx = name.replace(".", r"\.")
     start, retry = f"@ms_start_{name}", f"@ms_retry_{name}"
     proxy = _model_proxy(config, spec)
-    if spec.launcher == "v2":
+    if isinstance(spec, V2Spec):
         # An unloaded model does not refuse the connection: the server answers 404 (400
         # while loading). Intercepting those sends them to the start path; a genuine
         # 400/404 of a loaded model is replayed once and then reaches the client as is.

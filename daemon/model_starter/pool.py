@@ -20,7 +20,7 @@ from typing import Any
 import aiohttp
 
 from model_starter.activity import scan_ports
-from model_starter.config import Config, ModelSpec
+from model_starter.config import CommandSpec, Config, ModelSpec, ProcessSpec, V2Spec
 from model_starter.health import HealthChecker
 from model_starter.launchers import Launcher, ProcessLauncher, StartError
 from model_starter.launchers.command import CommandLauncher
@@ -66,12 +66,12 @@ class ModelPool:
         if server.command and any(m.launcher == "v2" for m in self.config.models.values()):
             # The inference server is supervised like a model (single-flight start, crash
             # detection, adoption, stop at shutdown), but it is no model of its own.
-            spec = ModelSpec(name="_inference", command=server.command, host=server.host,
-                             port=server.port, health=server.health,
-                             startup_timeout=server.startup_timeout,
-                             stop_timeout=server.stop_timeout, env=server.env, idle_timeout=0,
-                             requires={})
-            self.inference_server = ModelSupervisor(spec, self._launcher(spec), health)
+            own = ProcessSpec(name="_inference", command=server.command, host=server.host,
+                              port=server.port, health=server.health,
+                              startup_timeout=server.startup_timeout,
+                              stop_timeout=server.stop_timeout, env=server.env, idle_timeout=0,
+                              requires={})
+            self.inference_server = ModelSupervisor(own, self._launcher(own), health)
             self.inference_server.listeners.append(self._emit)
             await self.inference_server.adopt()
         for spec in self.config.models.values():
@@ -91,7 +91,7 @@ class ModelPool:
                               self.config.release_grace, self._clock)
         sup.listeners.append(self._emit)
         self.models[spec.name] = sup
-        if spec.launcher == "v2":
+        if isinstance(spec, V2Spec):
             self._v2_names[spec.v2_name or spec.name] = sup
         return sup
 
@@ -157,11 +157,12 @@ class ModelPool:
             listener(event)
 
     def _launcher(self, spec: ModelSpec) -> Launcher:
-        if spec.launcher == "command":
+        if isinstance(spec, CommandSpec):
             return CommandLauncher(spec)
-        if spec.launcher == "v2":
+        if isinstance(spec, V2Spec):
             assert self._session is not None
             return V2Launcher(spec, self.config.inference, self._session, self.inference_server)
+        assert isinstance(spec, ProcessSpec)
         logfile = LogFile(Path(self.config.log_dir) / f"{spec.name}.log", self.config.log_max_bytes)
         return ProcessLauncher(spec, logfile, Path(self.config.state_dir))
 

@@ -88,6 +88,9 @@ class Daemon:
     async def shutdown(self) -> None:
         """Say STOPPING, end the event streams, drop pending reloads, stop every model."""
         self.running = False
+        # A SIGHUP while the models stop is recorded, neither a reload nor fatal.
+        asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
+        signal.signal(signal.SIGHUP, self.record_reload)
         notify("STOPPING=1\nSTATUS=stopping models")
         self.hub.publish({"event": "shutdown", "model": "", "time": time.time()})
         for task in list(self._tasks):

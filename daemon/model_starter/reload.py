@@ -80,13 +80,13 @@ class Reloader:
         try:
             status, out = await run_command(config.nginx.reload_command,
                                             timeout=RELOAD_COMMAND_TIMEOUT)
-        except OSError as exc:
-            log.error("cannot run the nginx reload command: %s", exc)
-            return f"reload failed: {exc}"
-        except TimeoutError:
+        except TimeoutError:  # an OSError too: first
             log.error("the nginx reload command did not finish within %gs; killed it",
                       RELOAD_COMMAND_TIMEOUT)
             return f"reload failed: timed out after {RELOAD_COMMAND_TIMEOUT:g}s"
+        except OSError as exc:
+            log.error("cannot run the nginx reload command: %s", exc)
+            return f"reload failed: {exc}"
         if status:
             message = out.strip()
             log.error("nginx reload command exited %s: %s", status, message)

@@ -37,7 +37,10 @@ class CrashLoop:
 
 @dataclass(frozen=True, kw_only=True)
 class ModelSpec:
-    """What every model has, whichever launcher runs it; `launcher` names the subclass."""
+    """What every model has, whichever launcher runs it; each launcher's subclass adds its
+    own keys and names itself in `launcher`. The shared keys (which `defaults:` sets for every
+    model) live here, so `env`, `cwd` and `stop_signal` stay accepted for every launcher: the
+    command launcher runs its commands with `env` and `cwd`, a V2 model ignores them."""
 
     launcher: ClassVar[LauncherKind]
     name: str

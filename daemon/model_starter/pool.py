@@ -20,7 +20,7 @@ from typing import Any
 import aiohttp
 
 from model_starter.admission import Admission
-from model_starter.config import Config, ModelSpec
+from model_starter.config import CommandSpec, Config, ModelSpec, ProcessSpec, V2Spec
 from model_starter.events import Event, Listener, Reloaded, State
 from model_starter.health import HealthChecker
 from model_starter.inference import NAME as INFERENCE_NAME
@@ -75,14 +75,14 @@ class ModelPool:
         server = self.config.inference
         if server.command and any(m.launcher == "v2" for m in self.config.models.values()):
             # The process the server runs in (its log: _inference.log); no model of its own.
-            spec = ModelSpec(name=INFERENCE_NAME, command=server.command, host=server.host,
+            own = ProcessSpec(name=INFERENCE_NAME, command=server.command, host=server.host,
                              port=server.port, health=server.health,
                              startup_timeout=server.startup_timeout,
                              stop_timeout=server.stop_timeout, env=server.env, idle_timeout=0,
                              requires={})
             self.inference_server = InferenceServerProcess(
                 server.host, server.port, server.health, server.startup_timeout,
-                self._process_launcher(spec), self._health, self._clock)
+                self._process_launcher(own), self._health, self._clock)
             await self.inference_server.adopt()
         for spec in self.config.models.values():
             self._add(spec)
@@ -110,15 +110,16 @@ class ModelPool:
         return sup
 
     def _launcher(self, spec: ModelSpec) -> Launcher:
-        if spec.launcher == "command":
+        if isinstance(spec, CommandSpec):
             return CommandLauncher(spec)
-        if spec.launcher == "v2":
+        if isinstance(spec, V2Spec):
             assert self._session is not None
             return V2Launcher(spec, self.config.inference, self._session, self.inference_server,
                               self._server_calls)
+        assert isinstance(spec, ProcessSpec)
         return self._process_launcher(spec)
 
-    def _process_launcher(self, spec: ModelSpec) -> ProcessLauncher:
+    def _process_launcher(self, spec: ProcessSpec) -> ProcessLauncher:
         logfile = LogFile(Path(self.config.log_dir) / f"{spec.name}.log", self.config.log_max_bytes)
         return ProcessLauncher(spec, logfile, Path(self.config.state_dir))
 

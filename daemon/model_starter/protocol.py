@@ -15,12 +15,29 @@ __all__ = [
     "ACTIVITY_LOG_TAG",
     "ADMIN_PREFIX",
     "ANSWER_HEADER",
+    "ANSWER_NOT_REPLAYED",
+    "ANSWER_READY",
+    "DAEMON_DOWN_RETRY_AFTER",
+    "ERROR_MODEL_UNAVAILABLE",
+    "ERROR_NOT_REPLAYED",
+    "ERROR_STARTER_UNAVAILABLE",
+    "ERROR_UNKNOWN_MODEL",
+    "HOLD_MARGIN_SECONDS",
     "MODEL_HEADER",
+    "MODE_AUTH",
     "MODE_HEADER",
+    "MODE_RETRY",
     "PROXIED_HEADERS",
     "SENT_HEADER",
     "STATUS_HEADER",
+    "STATUS_NOT_REPLAYED",
+    "STATUS_READY",
+    "STATUS_REPLAY",
+    "STATUS_UNAVAILABLE",
+    "STATUS_UNKNOWN_MODEL",
+    "V2_NOT_LOADED_STATUSES",
     "VIA_HEADER",
+    "VIA_NGINX",
     "AdminPath",
     "Answer",
     "Mode",
@@ -37,6 +54,7 @@ MODE_HEADER: Final = "X-Model-Starter-Mode"  # how to answer (see Mode)
 SENT_HEADER: Final = "X-Model-Starter-Upstream-Sent"  # nginx's $upstream_bytes_sent
 STATUS_HEADER: Final = "X-Model-Starter-Upstream-Status"  # nginx's $upstream_status
 VIA_HEADER: Final = "X-Model-Starter-Via"  # set on the catch-all location: proxied, not local
+VIA_NGINX: Final = "nginx"  # its value (the daemon only tests that it is present)
 # A request carrying either came through nginx: the admin API refuses it.
 PROXIED_HEADERS: Final = (VIA_HEADER, MODEL_HEADER)
 
@@ -51,6 +69,28 @@ ANSWER_HEADER: Final = "X-Model-Starter"
 Answer = Literal["ready", "not_replayed"]
 ANSWER_READY: Final[Answer] = "ready"
 ANSWER_NOT_REPLAYED: Final[Answer] = "not_replayed"
+
+# -- status codes of the daemon's answers on the start path; the generated config routes them --
+
+STATUS_READY: Final = 204  # ready, nothing to replay (auth_request, or a seed call)
+STATUS_REPLAY: Final = 504  # ready now: nginx replays the original request once
+STATUS_NOT_REPLAYED: Final = 502  # the request had reached the model, which failed
+STATUS_UNKNOWN_MODEL: Final = 404
+STATUS_UNAVAILABLE: Final = 503  # start failed or timed out, or the daemon shuts down
+# The KServe V2 server answers these for a model it has not loaded (400 while loading):
+# nginx sends them to the start path, and a replay after them is safe.
+V2_NOT_LOADED_STATUSES: Final = (400, 404)
+# The daemon may hold a request for a whole start; nginx waits this much longer for it.
+HOLD_MARGIN_SECONDS: Final = 30
+# What a client is told to wait when the daemon is not reachable.
+DAEMON_DOWN_RETRY_AFTER: Final = 5
+
+# -- error kinds: the `error` field of a JSON answer (also in ANSWER_HEADER on the daemon's) --
+
+ERROR_UNKNOWN_MODEL: Final = "unknown_model"
+ERROR_NOT_REPLAYED: Final = ANSWER_NOT_REPLAYED
+ERROR_STARTER_UNAVAILABLE: Final = "starter_unavailable"  # nginx's own: no daemon answer
+ERROR_MODEL_UNAVAILABLE: Final = "model_unavailable"  # nginx's own: the replay failed too
 
 # -- the activity feed: nginx logs each finished V2 request to the daemon over syslog/UDP ---
 

@@ -17,16 +17,16 @@ import logging
 
 import aiohttp
 
-from model_starter.config import InferenceServer, ModelSpec
+from model_starter.config import InferenceServer, V2Spec
 from model_starter.inference import InferenceServerProcess
 from model_starter.launchers.base import FailureReason, LauncherKind, StartError
+from model_starter.protocol import V2_NOT_LOADED_STATUSES
 
 __all__ = ["ServerCalls", "V2Launcher", "v2_error"]
 
 log = logging.getLogger("model_starter.launcher")
 
 JSON_HEADERS = {"Content-Type": "application/json", "Accept": "application/json"}
-NOT_LOADED = frozenset({400, 404})  # the server's answers for a model that is not loaded
 
 
 def v2_error(status: int, body: bytes) -> str:
@@ -56,7 +56,7 @@ class V2Launcher:
 
     def __init__(
         self,
-        spec: ModelSpec,
+        spec: V2Spec,
         server: InferenceServer,
         session: aiohttp.ClientSession,
         process: InferenceServerProcess | None = None,
@@ -181,7 +181,7 @@ class V2Launcher:
         return (await self.index_states()).get(self.name)
 
     def replay_safe(self, first_status: int | None) -> bool:
-        return first_status in NOT_LOADED
+        return first_status in V2_NOT_LOADED_STATUSES
 
     def tail(self, lines: int = 20) -> list[str]:
         return self.process.launcher.tail(lines) if self.process is not None else []

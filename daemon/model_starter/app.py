@@ -36,6 +36,7 @@ from model_starter.events import EventHub
 from model_starter.launchers import StartError
 from model_starter.metrics import Metrics
 from model_starter.notify import notify
+from model_starter.openai_errors import install_openai_errors
 from model_starter.pool import ModelPool
 from model_starter.protocol import (
     ANSWER_HEADER,
@@ -162,6 +163,7 @@ def create_app(
     app.add_route(model_route, "/<model>/<rest:path>", methods=METHODS, name="model")
 
     install_admin(app, pool, metrics, hub, config_path)
+    install_openai_errors(app)
 
     @app.exception(Exception)
     async def on_error(request: Request, exc: Exception) -> HTTPResponse:

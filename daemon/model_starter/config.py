@@ -55,6 +55,7 @@ ONE_AT_A_TIME = {"models": 1.0}
 
 LAUNCHERS = ("process", "command", "v2")
 MODES = ("error_page", "auth_request")
+OPENAI = ("auto", "true", "false")  # nginx.openai: the /v1/ endpoint (njs); auto = if installed
 
 
 @dataclass(frozen=True)
@@ -96,6 +97,7 @@ class ModelSpec:
     preload: bool = False
     max_waiting: int = 2048
     crash_loop: CrashLoop = CrashLoop()
+    aliases: tuple[str, ...] = ()  # more names on the OpenAI (/v1/) and V2 (/v2/models/) routes
 
     @property
     def hold_timeout(self) -> float:
@@ -110,6 +112,9 @@ class NginxSettings:
     client_max_body_size: str = "100m"
     write_to: str | None = None  # on reload: write the conf.d include here ...
     reload_command: tuple[str, ...] | None = None  # ... then run this (e.g. nginx -s reload)
+    openai: str = "auto"  # one of OPENAI
+    # The /v1/ endpoint reads the body in memory to find `model`: 25 MB audio, base64 images.
+    openai_max_body_size: str = "32m"
 
 
 @dataclass(frozen=True)
@@ -288,6 +293,30 @@ def _body_size(ctx: _Ctx, node: Node, where: str) -> Any:
     return str(v)
 
 
+def _aliases(ctx: _Ctx, node: Node, where: str) -> Any:
+    if not isinstance(node, yaml.SequenceNode):
+        ctx.err(node, where, "expected a list of names")
+        return _BAD
+    out = []
+    for i, item in enumerate(node.value):
+        v = _scalar(item)
+        if not isinstance(v, str) or not MODEL_NAME_RE.match(v):
+            ctx.err(item, f"{where}[{i}]", f"aliases must match {MODEL_NAME_RE.pattern}, "
+                    f"got {_show(item)}")
+            return _BAD
+        out.append(v)
+    return tuple(out)
+
+
+def _openai(ctx: _Ctx, node: Node, where: str) -> Any:
+    v = _scalar(node)
+    text = {True: "true", False: "false"}.get(v, v) if isinstance(v, bool) else v
+    if text not in OPENAI:
+        ctx.err(node, where, f"expected auto, true or false, got {_show(node)}")
+        return _BAD
+    return text
+
+
 def _hostport(ctx: _Ctx, node: Node, where: str) -> Any:
     v = _scalar(node)
     if isinstance(v, str) and ":" in v:
@@ -398,6 +427,7 @@ _MODEL_FIELDS: dict[str, Conv] = {
     "requires": _amounts,
     "pinned": _bool,
     "preload": _bool,
+    "aliases": _aliases,
     **_SHARED_FIELDS,
 }
 _NGINX_FIELDS: dict[str, Conv] = {
@@ -406,6 +436,8 @@ _NGINX_FIELDS: dict[str, Conv] = {
     "reload_command": _argv,
     "proxy_timeout": _number(1, 86400 * 7),
     "client_max_body_size": _body_size,
+    "openai": _openai,
+    "openai_max_body_size": _body_size,
 }
 _INFERENCE_FIELDS: dict[str, Conv] = {
     "host": _str,
@@ -441,6 +473,7 @@ _ONLY_FOR = {"command": "process", "start": "command", "stop": "command", "statu
 def _models(
     ctx: _Ctx, node: Node, base: Path, defaults: Mapping[str, Any],
     resources: Mapping[str, float] | None, inference: InferenceServer,
+    reserved: tuple[str, ...] = (),
 ) -> dict[str, ModelSpec]:
     items = _mapping(ctx, node, "models")
     if items is None:
@@ -491,7 +524,29 @@ def _models(
         taken[addr] = name
         models[name] = spec
     _check_pinned(ctx, node, models, resources)
+    _check_names(ctx, items, models, reserved)
     return models
+
+
+def _check_names(ctx: _Ctx, items: list[tuple[str, Node, Node]],
+                 models: Mapping[str, ModelSpec], reserved: tuple[str, ...]) -> None:
+    """Names and aliases are one namespace (case-insensitive, as nginx's map matches them)."""
+    owner = {name.lower(): name for name in models}
+    for name, knode, vnode in items:
+        if name in reserved:
+            ctx.err(knode, f"models.{name}", "this name is the OpenAI endpoint's path (/v1/); "
+                    "choose another, or set nginx.openai: false")
+        spec = models.get(name)
+        if spec is None or not spec.aliases:
+            continue
+        alias_node = next(v for k, v in vnode.value if _scalar(k) == "aliases")
+        for i, alias in enumerate(spec.aliases):
+            if alias.lower() in owner:
+                ctx.err(alias_node.value[i], f"models.{name}.aliases[{i}]",
+                        f"'{alias}' already names model '{owner[alias.lower()]}'; every name "
+                        "and alias must be unique (case-insensitively)")
+            else:
+                owner[alias.lower()] = name
 
 
 def _check_pinned(
@@ -562,7 +617,8 @@ def parse_config(
         else:
             ctx.problems.append(f"$INFERENCE_SERVER_PORT: expected a port 1..65535, got {raw!r}")
     server = InferenceServer(**inference)
-    models = (_models(ctx, top["models"], base, defaults, resources, server)
+    reserved = () if nginx.openai == "false" else ("v1",)
+    models = (_models(ctx, top["models"], base, defaults, resources, server, reserved)
               if "models" in top else {})
     if ctx.problems:
         raise ConfigError(ctx.problems)

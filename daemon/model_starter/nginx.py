@@ -22,7 +22,10 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 
+from model_starter import nginx_openai
 from model_starter.config import Config, ModelSpec
+from model_starter.nginx_syntax import block as _block
+from model_starter.nginx_syntax import upstream_var as _var
 from model_starter.protocol import (
     ACTIVITY_LOG_FORMAT,
     ACTIVITY_LOG_TAG,
@@ -59,11 +62,6 @@ RETRY_FAILED_JSON = (
     '{"error":"model_unavailable","detail":"the model was started but failed on the replayed '
     'request"}'
 )
-
-
-def _var(header: str) -> str:
-    """The nginx variable of an upstream response header."""
-    return "$upstream_http_" + header.lower().replace("-", "_")
 
 
 def _upstream(spec: ModelSpec) -> str:
@@ -107,14 +105,14 @@ def render_http(config: Config) -> str:
         out.append(f"upstream {INFERENCE_UPSTREAM} {{\n    server {addr};\n}}\n")
         # Which V2 model a finished request was for (the server's port is shared).
         out.append(f"log_format {ACTIVITY_FORMAT} '{ACTIVITY_LOG_FORMAT}';\n")
-    return "\n".join(out)
+    out.append(nginx_openai.render_http(config))
+    return "\n".join(o for o in out if o)
 
 
 def _model_proxy(config: Config, spec: ModelSpec) -> list[str]:
-    """Settings shared by the prefix location and the replay location of one model."""
+    """Settings shared by the entry locations and the replay location of one model."""
     t = _secs(config.nginx.proxy_timeout)
     return [
-        f"proxy_pass http://{_upstream(spec)};",
         "proxy_http_version 1.1;",
         f"proxy_set_header Host {_addr(spec.host, spec.port)};",
         "proxy_set_header X-Real-IP $remote_addr;",
@@ -129,29 +127,32 @@ def _model_proxy(config: Config, spec: ModelSpec) -> list[str]:
     ]
 
 
-def _block(header: str, lines: list[str]) -> str:
-    body = "".join(f"    {line}\n" for line in lines)
-    return f"location {header} {{\n{body}}}\n"
-
-
 def _model_locations(config: Config, spec: ModelSpec) -> list[str]:
     name = spec.name
     rx = name.replace(".", r"\.")
     start, retry = f"@ms_start_{name}", f"@ms_retry_{name}"
     proxy = _model_proxy(config, spec)
+    upstream = _upstream(spec)
     if spec.launcher == "v2":
         # An unloaded model does not refuse the connection: the server answers 404 (400
         # while loading). Intercepting those sends them to the start path; a genuine
         # 400/404 of a loaded model is replayed once and then reaches the client as is.
         prefix = f"/v2/models/{spec.v2_name or name}"
-        bare, strip = f"rewrite ^ {prefix} break;", f"rewrite ^/{rx}/(.*)$ {prefix}/$1 break;"
+        # Rewritten in the entry (the activity log reports $uri); the replay keeps it.
+        bare = [f"rewrite ^ {prefix} break;", f"proxy_pass http://{upstream};"]
+        strip = [f"rewrite ^/{rx}/(.*)$ {prefix}/$1 break;", f"proxy_pass http://{upstream};"]
+        replay = [f"proxy_pass http://{upstream};"]
         log = f"access_log syslog:server={_daemon_addr(config)},tag={ACTIVITY_LOG_TAG},nohostname "
         proxy = [*proxy, f"{log}{ACTIVITY_FORMAT};"]
         on_down = ["proxy_intercept_errors on;", f"error_page 400 404 502 = {start};",
                    "recursive_error_pages on;"]
         where = f"{prefix}/... on {_addr(spec.host, spec.port)} (KServe V2)"
     else:
-        bare, strip = "rewrite ^ / break;", f"rewrite ^/{rx}/(.*)$ /$1 break;"
+        # The hot path replaces the prefix natively (no regex per request); only the replay,
+        # on the cold path, strips it with a rewrite, to the same URI.
+        bare = strip = [f"proxy_pass http://{upstream}/;"]
+        replay = [f"rewrite ^/{rx}/(.*)$ /$1 break;", f"rewrite ^/{rx}$ / break;",
+                  f"proxy_pass http://{upstream};"]
         on_down = [f"error_page 502 = {start};", "recursive_error_pages on;"]
         where = _addr(spec.host, spec.port)
     auth: list[str] = []
@@ -164,7 +165,7 @@ def _model_locations(config: Config, spec: ModelSpec) -> list[str]:
             "auth_request_set $ms_auth_status $upstream_status;",
             "auth_request_set $ms_auth_retry $upstream_http_retry_after;",
             f"auth_request_set $ms_auth_error {_var(ANSWER_HEADER)};",
-            "error_page 500 = @ms_auth_failed;",
+            f"error_page 500 = {nginx_openai.error_location(config, '@ms_auth_failed')};",
         ]
         extra = [_block(f"= /_ms_auth/{name}", [
             "internal;",
@@ -178,9 +179,11 @@ def _model_locations(config: Config, spec: ModelSpec) -> list[str]:
             "proxy_connect_timeout 5s;",
             f"proxy_read_timeout {_secs(spec.hold_timeout + 30)};",
         ])]
+    entries = nginx_openai.model_entries(config, spec, upstream)
     return [
-        f"# model {name}: {where}\n" + _block(f"= /{name}", [bare, *proxy, *auth, *on_down]),
-        _block(f"/{name}/", [strip, *proxy, *auth, *on_down]),
+        f"# model {name}: {where}\n" + _block(f"= /{name}", [*bare, *proxy, *auth, *on_down]),
+        _block(f"/{name}/", [*strip, *proxy, *auth, *on_down]),
+        *(_block(e.location, [*e.head, *proxy, *auth, *on_down]) for e in entries),
         *extra,
         _block(start, [
             f"proxy_pass http://{STARTER_UPSTREAM}$request_uri;",
@@ -196,10 +199,11 @@ def _model_locations(config: Config, spec: ModelSpec) -> list[str]:
             f"client_max_body_size {spec.client_max_body_size};",
             "proxy_intercept_errors on;",
             f"error_page 504 = {retry};",
-            "error_page 502 = @ms_down;",
+            f"error_page 502 = {nginx_openai.error_location(config, '@ms_down')};",
             "recursive_error_pages on;",
         ]),
-        _block(retry, [*proxy, "error_page 502 = @ms_retry_failed;"]),
+        _block(retry, [*replay, *proxy,
+                       f"error_page 502 = {nginx_openai.error_location(config, '@ms_retry_failed')};"]),
     ]
 
 
@@ -236,6 +240,7 @@ def render_locations(config: Config) -> str:
         "default_type application/json;",
         f"return 502 '{RETRY_FAILED_JSON}';",
     ]))
+    out.append(nginx_openai.render_locations(config))
     # Unknown model names get the daemon's JSON 404; the admin API refuses proxied calls.
     out.append(_block("/", [
         f"proxy_pass http://{STARTER_UPSTREAM};",

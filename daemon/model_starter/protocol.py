@@ -17,15 +17,18 @@ __all__ = [
     "ANSWER_HEADER",
     "MODEL_HEADER",
     "MODE_HEADER",
+    "OPENAI_PREFIX",
     "PROXIED_HEADERS",
     "SENT_HEADER",
     "STATUS_HEADER",
+    "V2_PREFIX",
     "VIA_HEADER",
     "AdminPath",
     "Answer",
     "Mode",
     "admin_path",
     "first_upstream_status",
+    "is_openai_path",
     "parse_activity_datagram",
     "request_reached_model",
 ]
@@ -57,6 +60,17 @@ ANSWER_NOT_REPLAYED: Final[Answer] = "not_replayed"
 ACTIVITY_LOG_TAG: Final = "model_starter"
 ACTIVITY_LOG_FORMAT: Final = "$uri"
 _V2_PATH: Final = "/v2/models/"
+
+# -- the single endpoints: OpenAI (routed by the body's `model`) and KServe V2 (by path) ------
+
+OPENAI_PREFIX: Final = "/v1/"  # the start path sends the daemon this URI: errors in OpenAI's shape
+V2_PREFIX: Final = _V2_PATH
+
+
+def is_openai_path(path: str) -> bool:
+    """A request of the OpenAI endpoint (its errors take OpenAI's shape)."""
+    return path.startswith(OPENAI_PREFIX)
+
 
 # -- the admin API ------------------------------------------------------------------------------
 

@@ -14,8 +14,10 @@ from typing import Any
 import pytest
 import yaml
 
+from model_starter import nginx_openai
 from model_starter.config import ConfigError, parse_config
 from model_starter.nginx import render
+from model_starter.nginx_openai import njs_note
 from tests import mlserver
 from tests.stack import NJS, ROOT, Response, Stack, fake_model, free_port, stack, starts
 
@@ -244,14 +246,19 @@ def test_aliases_are_unique_names_with_file_and_line() -> None:
     assert ok.models["v1"].aliases == ("c",)
 
 
-def test_without_njs_the_include_has_no_openai_endpoint() -> None:
-    """nginx.openai: false (or auto without the module): no js directives, prefix routes
-    and V2 paths as before, the default error locations."""
-    config = parse_config(config_text("  m: {command: [x], port: 1, aliases: [n]}\n",
-                                      "openai: false"))
-    text = render(config)
-    assert "js_" not in text and "/v1/" not in text and "$ms_api" not in text
-    assert "location /m/ {" in text and "location /v2/models/m/ {" in text
+def test_without_njs_the_include_has_no_openai_endpoint(monkeypatch: pytest.MonkeyPatch) -> None:
+    """nginx.openai: false, or auto on a machine without njs (with a note): no js directives,
+    prefix routes and V2 paths as before, the default error locations."""
+    models = "  m: {command: [x], port: 1, aliases: [n]}\n"
+    assert njs_note(parse_config(config_text(models))) is None
+    monkeypatch.setattr(nginx_openai, "NJS_DIRS", ())
+    for nginx in ("openai: false", "openai: auto"):
+        config = parse_config(config_text(models, nginx))
+        text = render(config)
+        assert "js_" not in text and "/v1/" not in text and "$ms_api" not in text
+        assert "location /m/ {" in text and "location /v2/models/m/ {" in text
+    assert "libnginx-mod-http-js" in (njs_note(config) or "")
+    assert njs_note(parse_config(config_text(models, "openai: false"))) is None
     enabled = render(parse_config(config_text("  m: {command: [x], port: 1}\n",
                                               "openai: true")))
     assert "js_content ms_router.route;" in enabled and "error_page 502 = @ms_down$ms_api;" \

@@ -33,6 +33,7 @@ __all__ = [
     "error_location",
     "model_entries",
     "njs_module",
+    "njs_note",
     "openai_enabled",
     "render_http",
     "render_locations",
@@ -57,6 +58,22 @@ def openai_enabled(config: Config) -> bool:
     if config.nginx.openai == "auto":
         return njs_module() is not None
     return config.nginx.openai == "true"
+
+
+def njs_note(config: Config) -> str | None:
+    """What `check` and `nginx` tell an operator whose nginx lacks njs (None: all is well)."""
+    if config.nginx.openai == "false" or njs_module() is not None:
+        return None
+    where = ", ".join(NJS_DIRS[:1])
+    if config.nginx.openai == "auto":
+        return (f"note: nginx's njs module ({NJS_MODULE}) is not in {where}: the include leaves "
+                f"out the OpenAI endpoint {OPENAI_PREFIX} (the /<model>/ and {V2_PREFIX} routes "
+                "work). Install it (Debian: apt-get install libnginx-mod-http-js) to get it, "
+                "or set nginx.openai: false to silence this note.")
+    return (f"warning: nginx.openai is true but nginx's njs module ({NJS_MODULE}) is not in "
+            f"{where}: nginx will refuse this include (js_import) unless its njs module is "
+            "loaded (Debian: apt-get install libnginx-mod-http-js). Set nginx.openai: auto "
+            "or false to serve the /<model>/ routes without it.")
 
 
 def router_js() -> Path:

@@ -234,13 +234,15 @@ def test_aliases_are_unique_names_with_file_and_line() -> None:
     text = config_text(
         "  a: {command: [x], port: 1, aliases: [b, x1]}\n"
         "  b: {command: [x], port: 2, aliases: [X1, 'bad name']}\n"
-        "  v1: {command: [x], port: 3}\n")
+        "  v1: {command: [x], port: 3}\n"
+        "  v2: {command: [x], port: 4}\n")
     with pytest.raises(ConfigError) as exc:
         parse_config(text, "cfg.yaml")
     problems = "\n".join(exc.value.problems)
     assert "cfg.yaml:3: models.a.aliases[0]: 'b' already names model 'b'" in problems
     assert "cfg.yaml:4: models.b.aliases[1]" in problems
-    assert "cfg.yaml:5: models.v1: this name is the OpenAI endpoint's path" in problems
+    assert "cfg.yaml:5: models.v1: /v1/ is the path of the OpenAI endpoint" in problems
+    assert "cfg.yaml:6: models.v2: /v2/ is the path of the KServe V2 routes" in problems
     ok = parse_config(config_text("  v1: {command: [x], port: 3, aliases: [c]}\n",
                                   "openai: false"))
     assert ok.models["v1"].aliases == ("c",)

@@ -534,8 +534,9 @@ def _check_names(ctx: _Ctx, items: list[tuple[str, Node, Node]],
     owner = {name.lower(): name for name in models}
     for name, knode, vnode in items:
         if name in reserved:
-            ctx.err(knode, f"models.{name}", "this name is the OpenAI endpoint's path (/v1/); "
-                    "choose another, or set nginx.openai: false")
+            ctx.err(knode, f"models.{name}", f"/{name}/ is the path of the "
+                    + ("OpenAI endpoint; choose another name, or set nginx.openai: false"
+                       if name == "v1" else "KServe V2 routes; choose another name"))
         spec = models.get(name)
         if spec is None or not spec.aliases:
             continue
@@ -617,7 +618,7 @@ def parse_config(
         else:
             ctx.problems.append(f"$INFERENCE_SERVER_PORT: expected a port 1..65535, got {raw!r}")
     server = InferenceServer(**inference)
-    reserved = () if nginx.openai == "false" else ("v1",)
+    reserved = ("v2",) if nginx.openai == "false" else ("v1", "v2")
     models = (_models(ctx, top["models"], base, defaults, resources, server, reserved)
               if "models" in top else {})
     if ctx.problems:

@@ -2,11 +2,13 @@
 
 Each exporter yields ``(file name, content)`` pairs. Per model (error_page mode):
 
-* ``location /NAME/`` strips the prefix once and proxies straight to the model;
-  nginx's own 502 (connection refused) goes to ``@ms_start_NAME``;
+* ``location /NAME/`` proxies straight to the model, replacing the prefix natively
+  (``proxy_pass http://up/;``); nginx's own 502 (connection refused) goes to
+  ``@ms_start_NAME``; ``nginx_openai`` adds the model's ``/v1/`` and ``/v2/models/`` entries;
 * ``@ms_start_NAME`` asks the daemon, without the body, with the model name, the
   answer mode and ``$upstream_bytes_sent``; the daemon's 504 means "ready, replay";
-* ``@ms_retry_NAME`` replays the original request (method, URI, body) once.
+* ``@ms_retry_NAME`` replays the original request (method, URI, body) once; on this cold
+  path only, a ``rewrite`` strips the prefix to the URI the hot path sent.
 
 A V2 model's location maps ``/NAME/...`` onto the shared server's ``/v2/models/NAME/...``
 and also sends the server's 400/404 ("not loaded") to the start path; an auth_request

@@ -265,3 +265,17 @@ def test_without_njs_the_include_has_no_openai_endpoint(monkeypatch: pytest.Monk
                                               "openai: true")))
     assert "js_content ms_router.route;" in enabled and "error_page 502 = @ms_down$ms_api;" \
         in enabled
+
+
+def test_prefix_route_sends_the_same_uri_hot_and_on_the_replay(
+        tmp_path: Path, record: Path) -> None:
+    """The hot path replaces the prefix natively, the replay strips it with a rewrite: the
+    model sees the same URI either way, encoded characters and query strings included."""
+    with stack(tmp_path, {"m": fake_model(free_port(), record=record)}) as s:
+        for path in ("/a%2Fb/c%20d?q=a%20b&r=%2F", "/x//y/%C3%A9?", "", "?k=v"):
+            s.direct("POST", "/_ms/models/m/stop")
+            cold = s.call("POST", f"/m{path}", body=b"1")
+            warm = s.call("POST", f"/m{path}", body=b"1")
+            assert cold.status == warm.status == 200, (path, cold, warm)
+            assert cold.json()["path"] == warm.json()["path"], path
+        assert len(starts(record)) == 4

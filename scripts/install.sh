@@ -8,6 +8,8 @@ need=()
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx-light)
 command -v wrk >/dev/null 2>&1 || need+=(wrk)
 python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
+# llama.cpp (xllamacpp) needs the OpenMP runtime, which a minimal Debian does not have.
+dpkg-query -W -f='${Status}' libgomp1 2>/dev/null | grep -q "ok installed" || need+=(libgomp1)
 if [ "${#need[@]}" -gt 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
     $SUDO apt-get update -q

@@ -3,7 +3,7 @@
 # local Debian 12 base images made from Debian packages (registry images cannot be pulled
 # everywhere these tests run):
 #   localhost/model-starter-base:bookworm     python3 + venv: the Dockerfile's BASE_IMAGE here
-#   localhost/model-starter-systemd:bookworm  + systemd as PID 1, nginx, libgomp1, sudo, curl:
+#   localhost/model-starter-systemd:bookworm  + systemd as PID 1, dbus, sudo, curl, procps:
 #                                             a fresh "host" for the README's systemd install
 # An image that already exists is kept (about 75 s each to make).
 # Usage: bash scripts/install-deploy.sh
@@ -46,4 +46,4 @@ make_image() {  # NAME PACKAGES
 
 make_image localhost/model-starter-base:bookworm python3,python3-venv,ca-certificates
 make_image localhost/model-starter-systemd:bookworm \
-    python3,python3-venv,ca-certificates,systemd,systemd-sysv,dbus,nginx-light,libgomp1,sudo,curl,procps
+    python3,python3-venv,ca-certificates,systemd,systemd-sysv,dbus,sudo,curl,procps

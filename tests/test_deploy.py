@@ -252,7 +252,7 @@ def test_container_image(image_names: dict[str, str]) -> None:
     print(f"image: built in {built:.0f} s, {size_mb:.0f} MB")
     cfg = inspect["Config"]
     assert cfg["User"] == "model-starter"
-    assert inspect.get("HealthCheck") or cfg.get("Healthcheck"), "HEALTHCHECK lost"
+    assert inspect["Healthcheck"]["Test"][0] == "CMD-SHELL", "HEALTHCHECK lost"
     podman(*podman_argv(run, names))
     ctr = Container("model-starter-test")
     wait_for(lambda: _answers(back), 60, "the daemon in the container")

@@ -179,6 +179,8 @@ def test_systemd_daemon_sigkill_is_restarted(systemd_host: Container) -> None:
     assert unit_state(host)["MainPID"] != before["MainPID"]
     alive = set(models) & set(model_pids(host))
     assert not alive, f"models outlived their daemon: {alive}"
+    # The restarted daemon adopted nothing and dropped the dead models' state files.
+    host.wait_for("! ls /var/lib/model-starter/*.json", 30, "the stale state files to go")
     assert curl_status(host, url, CHAT) == 200
 
 

@@ -7,6 +7,8 @@ CONFIG="${MODEL_STARTER_CONFIG:-/etc/model-starter/config.yaml}"
 NGINX_CONF=/etc/model-starter/nginx.conf
 RUNDIR=/var/lib/model-starter/nginx
 
+# One descriptor per held request: use the whole hard limit (some engines set a soft 1024).
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 model-starter check --config "$CONFIG" >/dev/null
 mkdir -p "$RUNDIR"
 model-starter nginx --config "$CONFIG" >"$RUNDIR/model-starter.conf"

@@ -117,10 +117,13 @@ class Container:
         podman("run", "-d", "--name", self.name, *args, timeout=120)
 
     def exec(self, command: str, check: bool = True, timeout: float = 600,
-             workdir: str | None = None) -> subprocess.CompletedProcess[str]:
+             workdir: str | None = None, stdin: str | None = None,
+             ) -> subprocess.CompletedProcess[str]:
         where = ["-w", workdir] if workdir else []
+        if stdin is not None:
+            where.append("-i")
         return podman("exec", *where, self.name, "bash", "-c", command, check=check,
-                      timeout=timeout)
+                      timeout=timeout, input=stdin)
 
     def sh(self, command: str, timeout: float = 600) -> str:
         return self.exec(command, timeout=timeout).stdout.strip()

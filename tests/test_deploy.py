@@ -184,6 +184,49 @@ def test_systemd_daemon_sigkill_is_restarted(systemd_host: Container) -> None:
     assert curl_status(host, url, CHAT) == 200
 
 
+HERD_CLIENT = """
+import json, sys
+sys.path.insert(0, "/root/checkout")
+from tests.herd import herd
+r = herd(8000, [f"/herd/x/{i}" for i in range(1000)])
+print(json.dumps({"statuses": r.statuses, "errors": r.errors}))
+"""
+
+
+@pytest.mark.deploy
+def test_systemd_cold_herd_through_the_readme_nginx(systemd_host: Container) -> None:
+    """Debian's nginx run by systemd, configured by the README's lines (nginx-limits.sh):
+    `model-starter doctor` finds no limit short of 1000 clients, and 1000 concurrent cold
+    clients get one start and 1000 answers 200."""
+    host = systemd_host
+    config = yaml.safe_load(host.sh(f"cat {CONFIG}"))
+    config["nginx"]["write_to"] = INCLUDE
+    config["models"]["herd"] = {
+        "command": ["python3", "/opt/model-starter/tests/fakemodel.py", "--port", "9010",
+                    "--unhealthy-for", "1"],
+        "port": 9010, "startup_timeout": 60}
+    host.exec(f"cat > {CONFIG} <<'EOF'\n{yaml.safe_dump(config, sort_keys=False)}EOF")
+    host.sh(f"systemctl reload {UNIT}")
+    host.wait_for("curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:8000/herd/ "
+                  "| grep -qx 200", 60, "the herd model through nginx")
+    host.sh(f"/opt/model-starter/.venv/bin/model-starter stop herd --config {CONFIG}")
+    host.wait_for("! pgrep -u model-starter -f fakemodel.py", 30, "the herd model to stop")
+    doc = host.exec(f"/opt/model-starter/.venv/bin/model-starter doctor --config {CONFIG}",
+                    check=False)
+    print(doc.stdout)
+    assert doc.returncode == 0, doc.stdout + doc.stderr
+    assert "worker_connections 4096" in doc.stdout
+    assert "daemon: open-file limit" in doc.stdout  # found although it runs as another user
+    out = host.exec("/opt/model-starter/.venv/bin/python -", check=False, timeout=600,
+                    stdin=HERD_CLIENT)
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["statuses"] == {"200": 1000}, result
+    status = json.loads(host.sh("curl -s http://127.0.0.1:8080/_ms/status"))
+    starts = {m["name"]: m["starts"] for m in status["models"]}
+    assert starts["herd"] == 2  # the probe above, then one for the whole herd
+
+
 @pytest.mark.deploy
 def test_systemd_stop_stops_every_model(systemd_host: Container) -> None:
     host = systemd_host

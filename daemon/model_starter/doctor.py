@@ -145,8 +145,27 @@ def worker_nofile(pid_file: str) -> int | None:
 
 
 def daemon_pid(port: int) -> int | None:
-    """The process listening on the daemon's TCP port (by socket inode; needs the same user or
-    root), or None."""
+    """The daemon: the process listening on its TCP port, found by socket inode (reading other
+    users' descriptors needs root with CAP_SYS_PTRACE), else the only `model-starter serve`
+    process (command lines are world-readable), else None."""
+    return _listener(port) or _only_serve_process()
+
+
+def _only_serve_process() -> int | None:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"serve" in argv and any(a.endswith((b"model-starter", b"model_starter")) for a in argv):
+            found.append(int(entry.name))
+    return found[0] if len(found) == 1 else None
+
+
+def _listener(port: int) -> int | None:
     inodes: set[str] = set()
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:

@@ -3,7 +3,8 @@
 * the README's systemd install, line for line, on a fresh Debian whose PID 1 is systemd (a
   podman container with its own network namespace): start after READY=1, models under the
   hardening, reload adding a model reachable through nginx, a model crash, a daemon SIGKILL,
-  stop, and `systemd-analyze security`;
+  `doctor` and a 1000-client cold herd through that host's nginx, stop, and
+  `systemd-analyze security`;
 * the README's container lines: the Dockerfile built with podman and run (seed route, admin
   API, SmolLM2 through the container's nginx, healthcheck, clean stop);
 * nginx's limits: `model-starter doctor` on `nginx -T`, and 1000 concurrent cold clients

@@ -47,6 +47,9 @@ def _parser() -> argparse.ArgumentParser:
     for name in ("start", "stop"):
         cmd(name, f"{name} a model in the running daemon").add_argument("model")
     cmd("reload", "make the running daemon re-read its config (like SIGHUP)")
+    doc = cmd("doctor", "what concurrency the running nginx and daemon allow; how to raise it")
+    doc.add_argument("--target", type=int, default=1000, help="concurrent clients to allow")
+    doc.add_argument("--nginx-conf", help="nginx.conf to read (default: nginx's own)")
     return p
 
 
@@ -73,6 +76,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.cmd == "nginx":
         return _nginx(config, args.style, args.output_dir)
+    if args.cmd == "doctor":
+        return _doctor(config, args.target, args.nginx_conf)
     if args.cmd == "serve":
         from model_starter.serve import serve
 
@@ -92,6 +97,22 @@ def _nginx(config: Config, style: str, output_dir: str | None) -> int:
             path.write_text(content, encoding="utf-8")
             print(f"wrote {path}", file=sys.stderr)
     return 0
+
+
+def _doctor(config: Config, target: int, nginx_conf: str | None) -> int:
+    from model_starter import doctor
+
+    try:
+        settings = doctor.parse_nginx_dump(doctor.run_nginx_dump(conf=nginx_conf))
+    except (OSError, RuntimeError) as exc:
+        print(f"cannot read nginx's configuration: {exc}", file=sys.stderr)
+        return 1
+    pid = doctor.daemon_pid(config.listen_port)
+    daemon_files = None if pid is None else (doctor.nofile_limit(pid) or (None, None))[0]
+    findings = doctor.diagnose(settings, doctor.worker_nofile(settings.pid_file), daemon_files,
+                               target)
+    sys.stdout.write(doctor.render(findings))
+    return 1 if any(f.level == "warn" for f in findings) else 0
 
 
 def _client(config: Config, args: argparse.Namespace) -> int:

@@ -16,9 +16,11 @@ from sanic import HTTPResponse, Request, Sanic
 from sanic import json as json_response
 
 from model_starter.config import ADMIN_PREFIX
+from model_starter.dashboard import install_dashboard
 from model_starter.events import EventHub
 from model_starter.launchers import StartError
 from model_starter.launchers.v2 import V2Launcher
+from model_starter.logs_api import install_logs
 from model_starter.metrics import CONTENT_TYPE, Metrics
 from model_starter.pool import ModelPool
 from model_starter.reload import reload_config
@@ -121,6 +123,9 @@ def install_admin(
                 await response.send(f"event: {event['event']}\ndata: {json.dumps(event)}\n\n")
         await response.eof()
         return None
+
+    install_logs(app, pool, denied)  # the same access check guards the logs and the page
+    install_dashboard(app, pool, denied)
 
 
 def _loopback(ip: str) -> bool:

@@ -12,6 +12,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from model_starter.cli_logs import add_logs_arguments, logs_command
 from model_starter.config import ADMIN_PREFIX, Config, ConfigError, load_config
 
 __all__ = ["main"]
@@ -46,6 +47,7 @@ def _parser() -> argparse.ArgumentParser:
     for name in ("start", "stop"):
         cmd(name, f"{name} a model in the running daemon").add_argument("model")
     cmd("reload", "make the running daemon re-read its config (like SIGHUP)")
+    add_logs_arguments(cmd("logs", "print a model's log from the running daemon (-f follows it)"))
     return p
 
 
@@ -90,6 +92,8 @@ def _nginx(config: Config, style: str, output_dir: str | None) -> int:
 def _client(config: Config, args: argparse.Namespace) -> int:
     base = f"http://{_connect_host(config.listen_host)}:{config.listen_port}{ADMIN_PREFIX}"
     token = config.admin_token
+    if args.cmd == "logs":
+        return logs_command(base, token, args, config.listen)
     if args.cmd == "status":
         code, body = _call("GET", f"{base}/status", token)
     elif args.cmd == "reload":

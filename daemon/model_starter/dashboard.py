@@ -54,8 +54,12 @@ def install_dashboard(
             return error_response(404, "not_found", f"no dashboard file named {name!r}")
         return HTTPResponse(files[name], content_type=CONTENT_TYPES[name], headers=HEADERS)
 
-    @app.get(f"{prefix}/ui", name="dashboard_page")  # also answers `/ui/` (strict_slashes off)
+    @app.get(f"{prefix}/ui", name="dashboard_page", strict_slashes=True)
     async def page(request: Request) -> HTTPResponse:
+        return asset(request, "index.html")
+
+    @app.get(f"{prefix}/ui/", name="dashboard_page_slash", strict_slashes=True)
+    async def page_slash(request: Request) -> HTTPResponse:
         return asset(request, "index.html")
 
     @app.get(f"{prefix}/ui/config.json", name="dashboard_config")

@@ -422,7 +422,14 @@ async function act(name, action) {
   scheduleRefresh();
 }
 
-function askStop(name) {
+async function askStop(name) {
+  // Events do not carry the request counters: look at the model as it is right now.
+  try {
+    applyStatus(await (await call("/status")).json());
+  } catch (err) {
+    failed(err);
+    return;
+  }
   const m = ui.models.get(name) || {};
   if (!(m.busy || m.held > 0 || m.in_flight > 0)) { act(name, "stop"); return; }
   const dialog = $("stop-dialog");

@@ -78,9 +78,11 @@ def screenshot(driver: WebDriver, path: Path) -> Path:
 
 
 def text_of(driver: WebDriver, css: str) -> str:
-    """The visible text of the first element matching `css` ("" when there is none)."""
-    found = driver.find_elements("css selector", css)
-    return found[0].text if found else ""
+    """The rendered text of the first element matching `css` ("" when there is none), read
+    in one step in the page (the page re-renders cells: an element handle may go stale)."""
+    return str(driver.execute_script(
+        "const e = document.querySelector(arguments[0]); return e ? e.innerText.trim() : ''",
+        css))
 
 
 def wait_text(driver: WebDriver, css: str, want: str, timeout: float = 20.0) -> str:

@@ -96,7 +96,7 @@ function failed(err) {
     : `The daemon answered with an error (${err.status || "?"}). `;
   const secs = Math.round(ui.retryMs / 1000);
   setConn("down", "unreachable");
-  showBanner(what, `${err.message || ""} Retrying in ${secs} s…`);
+  showBanner(what, `${err.message ? `${err.message}. ` : ""}Retrying in ${secs} s…`);
   setTimeout(connect, ui.retryMs);
   ui.retryMs = Math.min(ui.retryMs * 2, 15000);
 }
@@ -114,6 +114,7 @@ async function connect() {
     $("main").hidden = false;
     applyStatus(status);
     openEvents();
+    for (const [name, log] of ui.logs) if (!log.live) followLog(name, log, 0);
   } catch (err) {
     failed(err);
   }
@@ -165,6 +166,7 @@ function onEvent(kind, data) {
   } else if (kind === "state") {
     m.state = data.new;
     m.since = data.time;
+    if (data.new === "starting") m.starts = (m.starts || 0) + 1;
   } else if (kind === "started") {
     m.last_start_seconds = data.seconds;
     m.pid = data.pid;
@@ -303,7 +305,9 @@ function renderRow(m) {
   c.port.textContent = m.port ?? "–";
   c.starts.textContent = m.failed_starts ? `${m.starts} (${m.failed_starts} failed)` : `${m.starts ?? 0}`;
   c.last.textContent = fmtSeconds(m.last_start_seconds);
-  c.held.textContent = `${m.held ?? 0} / ${m.in_flight ?? 0}`;
+  // In flight is measured while the model runs; a stopped model has none.
+  const inFlight = HOLDING.has(state) ? m.in_flight ?? 0 : 0;
+  c.held.textContent = `${m.held ?? 0} / ${inFlight}`;
   const err = m.last_error;
   c.error.textContent = err ? `${err.reason || err.error || "error"}: ${err.detail || ""}` : "–";
   c.error.className = err ? "err" : "empty-err";
@@ -434,8 +438,8 @@ async function askStop(name) {
   if (!(m.busy || m.held > 0 || m.in_flight > 0)) { act(name, "stop"); return; }
   const dialog = $("stop-dialog");
   $("stop-text").textContent = `${name} is busy: ${m.held || 0} request(s) held and ` +
-    `${m.in_flight || 0} in flight. Stopping it cuts nothing in flight, but new requests ` +
-    "will wait for a new start.";
+    `${m.in_flight || 0} in flight. Stopping it now ends those requests with an error; ` +
+    "the next request starts it again.";
   dialog.returnValue = "";
   dialog.onclose = () => { if (dialog.returnValue === "stop") act(name, "stop"); };
   dialog.showModal();
@@ -495,6 +499,7 @@ async function followLog(name, log, lines) {
   try {
     const resp = await call(path, { signal: log.ctl.signal });
     log.status.textContent = "following";
+    log.live = true;
     let ended = null;
     await readSSE(resp, (kind, data) => {
       if (kind === "lines") appendLines(log, data.lines);
@@ -503,9 +508,11 @@ async function followLog(name, log, lines) {
     });
     if (log.ctl.signal.aborted) return;
     if (ended === "lifetime") { followLog(name, log, 0); return; }  // a follow is bounded
+    log.live = false;
     log.status.textContent = "stopped following (the daemon went away)";
   } catch (err) {
     if (log.ctl.signal.aborted || err.name === "AbortError") return;
+    log.live = false;
     log.status.textContent = err instanceof HttpError
       ? `refused: ${err.message}` : "cannot reach the daemon";
   }

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.stack import Stack, fake_model, free_port, stack, wait_for
+from tests.test_command_launcher import command_model
 
 TOKEN = "s3cret-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -198,3 +199,13 @@ def test_cli_logs_tail_follow_and_errors(tmp_path: Path, record: Path) -> None:
         s.stop_daemon()
         down = s.cli("logs", "m", check=False)
         assert down.returncode == 1 and "not running" in down.stderr
+
+
+def test_command_launcher_tail_from_memory_and_no_follow(tmp_path: Path, record: Path) -> None:
+    """A `command` model has no log file: its tail is the start command's output."""
+    with stack(tmp_path, {"svc": command_model(tmp_path, record)}) as s:
+        assert s.get("/svc/x").status == 200
+        lines = s.direct("GET", "/_ms/logs/svc").json()["lines"]
+        assert any(line.startswith("[start] started ") for line in lines), lines
+        resp = s.direct("GET", "/_ms/logs/svc?follow=1")
+        assert resp.status == 409 and resp.json()["error"] == "not_followable"

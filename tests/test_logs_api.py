@@ -140,6 +140,11 @@ def test_follows_are_capped(tmp_path: Path, record: Path) -> None:
                 return False
 
             wait_for(one_more, 10, "a closed follow to free its place")
+            # A stopping daemon ends every follow at once, saying why.
+            assert s.stop_daemon() == 0
+            for f in follows:
+                wait_for(lambda f=f: any(kind == "end" for kind, _ in f.events), 10, "the end")
+                assert f.events[-1] == ("end", {"model": "m", "reason": "shutdown"})
         finally:
             for f in follows:
                 f.close()

@@ -174,7 +174,7 @@ def install_logs(
                                   f"({sup.launcher.kind} launcher); ask for its tail instead",
                                   model=name)
         if not follow:
-            return _tail_response(request, name, sup, path, count)
+            return await _tail_response(request, name, sup, path, count)
         if len(followers) >= lim.max_followers:
             return error_response(429, "too_many_followers", f"{lim.max_followers} log follows "
                                   "are open already; close one or ask for the tail",
@@ -190,11 +190,12 @@ def install_logs(
         return None
 
 
-def _tail_response(request: Request, name: str, sup: ModelSupervisor, path: Path | None,
-                   count: int) -> HTTPResponse:
-    # Without a file, the output the launcher keeps in memory (a start command's).
-    memory = sup.launcher.tail(count) if count and path is None else []
-    lines = read_tail(path, count).lines if path is not None else memory
+async def _tail_response(request: Request, name: str, sup: ModelSupervisor, path: Path | None,
+                         count: int) -> HTTPResponse:
+    if path is not None:  # up to MAX_TAIL_BYTES of reading: not on the event loop
+        lines = (await asyncio.to_thread(read_tail, path, count)).lines
+    else:  # the output the launcher keeps in memory (a start command's)
+        lines = sup.launcher.tail(count) if count else []
     accept = request.headers.get("Accept", "")
     if request.args.get("format") == "text" or (
             "text/plain" in accept and "application/json" not in accept):
@@ -209,7 +210,7 @@ async def _follow(request: Request, name: str, path: Path, count: int, seconds: 
         content_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
-    tail = read_tail(path, count)
+    tail = await asyncio.to_thread(read_tail, path, count)
     follower = Follower(path, tail)
     await response.send(_sse("lines", {"model": name, "lines": tail.lines}))
     t0 = last_sent = time.monotonic()

@@ -166,8 +166,9 @@ def test_guard_token_and_page_assets(tmp_path: Path, record: Path) -> None:
         assert page.status == 200 and page.headers["content-type"].startswith("text/html")
         assert "script-src 'self'" in page.headers["content-security-policy"]
         assert s.direct("GET", "/_ms/ui/").status == 200
-        assert s.direct("GET", "/_ms/ui/app.js").headers["content-type"].startswith(
-            "text/javascript")
+        for name in ("app.js", "api.js", "logs.js", "view.js"):
+            js = s.direct("GET", f"/_ms/ui/{name}")
+            assert js.status == 200 and js.headers["content-type"].startswith("text/javascript")
         assert s.direct("GET", "/_ms/ui/style.css").status == 200
         missing = s.direct("GET", "/_ms/ui/secrets.txt")
         assert missing.status == 404 and missing.json()["error"] == "not_found"

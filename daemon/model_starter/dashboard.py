@@ -26,6 +26,9 @@ UI_DIR = Path(__file__).parent / "ui"
 CONTENT_TYPES = {
     "index.html": "text/html; charset=utf-8",
     "app.js": "text/javascript; charset=utf-8",
+    "api.js": "text/javascript; charset=utf-8",
+    "logs.js": "text/javascript; charset=utf-8",
+    "view.js": "text/javascript; charset=utf-8",
     "style.css": "text/css; charset=utf-8",
 }
 HEADERS = {

@@ -2,54 +2,21 @@
 // after an event, for the counters events do not carry), live changes from the SSE stream
 // /_ms/events, logs from /_ms/logs/NAME?follow=1. Every call goes through fetch so that
 // the bearer token travels in a header (EventSource cannot send one; never in the URL).
-"use strict";
+import { HttpError, Unreachable, call, hasToken, readSSE, setToken } from "./api.js";
+import { closeLog, isOpen, openLog, resumeLogs } from "./logs.js";
+import { $, HOLDING, chart, el, fmtSeconds, renderCapacity } from "./view.js";
 
-const API = "/_ms";
-const TOKEN_KEY = "model-starter-token";
-const MAX_LOG_LINES = 1000;
 const MAX_HISTORY = 20;
-const HOLDING = new Set(["starting", "ready", "stopping"]);
 
 const ui = {
-  token: sessionStorage.getItem(TOKEN_KEY) || "",
   models: new Map(),     // name -> the model's status JSON, updated by events
   history: new Map(),    // name -> recent start durations (seconds)
-  rows: new Map(),       // name -> {tr, cells}
+  rows: new Map(),       // name -> {tr, cells, start, stop, log}
   resources: {},
   events: null,          // AbortController of the SSE stream
-  logs: new Map(),       // name -> {panel, pre, status, ctl}
   retryMs: 1000,
   refreshTimer: 0,
 };
-
-const $ = (id) => document.getElementById(id);
-
-class HttpError extends Error {
-  constructor(status, body) {
-    super((body && (body.detail || body.error)) || `HTTP ${status}`);
-    this.status = status;
-    this.body = body;
-  }
-}
-class Unreachable extends Error {}
-
-async function call(path, opts = {}) {
-  const headers = { ...(opts.headers || {}) };
-  if (ui.token) headers.Authorization = `Bearer ${ui.token}`;
-  let resp;
-  try {
-    resp = await fetch(API + path, { ...opts, headers, cache: "no-store" });
-  } catch (err) {
-    if (err.name === "AbortError") throw err;
-    throw new Unreachable(String(err));
-  }
-  if (!resp.ok) {
-    let body = null;
-    try { body = await resp.json(); } catch (_) { /* not JSON */ }
-    throw new HttpError(resp.status, body);
-  }
-  return resp;
-}
 
 // ---- connection state -------------------------------------------------------------------
 
@@ -82,7 +49,7 @@ function askToken(refused) {
 
 function failed(err) {
   if (err instanceof HttpError && err.status === 401) {
-    askToken(Boolean(ui.token));
+    askToken(hasToken());
     return;
   }
   stopEvents();
@@ -114,7 +81,7 @@ async function connect() {
     $("main").hidden = false;
     applyStatus(status);
     openEvents();
-    for (const [name, log] of ui.logs) if (!log.live) followLog(name, log, 0);
+    resumeLogs();
   } catch (err) {
     failed(err);
   }
@@ -183,36 +150,13 @@ function onEvent(kind, data) {
     m.pid = data.pid;
   }
   renderRow(m);
-  renderCapacity();
+  showCapacity();
   if (kind !== "status") scheduleRefresh();
 }
 
 function stopEvents() {
   if (ui.events) ui.events.abort();
   ui.events = null;
-}
-
-async function readSSE(resp, onMessage) {
-  // A minimal text/event-stream parser over a streamed fetch body.
-  const reader = resp.body.pipeThrough(new TextDecoderStream()).getReader();
-  let buf = "";
-  for (;;) {
-    const { value, done } = await reader.read();
-    if (done) return;
-    buf += value.replace(/\r\n/g, "\n");
-    let cut;
-    while ((cut = buf.indexOf("\n\n")) >= 0) {
-      const block = buf.slice(0, cut);
-      buf = buf.slice(cut + 2);
-      let event = "message";
-      const data = [];
-      for (const line of block.split("\n")) {
-        if (line.startsWith("event:")) event = line.slice(6).trim();
-        else if (line.startsWith("data:")) data.push(line.slice(5).replace(/^ /, ""));
-      }
-      if (data.length) onMessage(event, JSON.parse(data.join("\n")));
-    }
-  }
 }
 
 async function openEvents() {
@@ -232,32 +176,6 @@ async function openEvents() {
 }
 
 // ---- rendering --------------------------------------------------------------------------
-
-function fmtSeconds(s) {
-  if (s == null || !isFinite(s)) return "–";
-  if (s < 60) return `${s.toFixed(s < 10 ? 1 : 0)} s`;
-  if (s < 3600) return `${Math.floor(s / 60)} min ${Math.floor(s % 60)} s`;
-  const h = Math.floor(s / 3600);
-  return h < 48 ? `${h} h ${Math.floor((s % 3600) / 60)} min` : `${Math.floor(h / 24)} d ${h % 24} h`;
-}
-
-function colour(name) {
-  let h = 0;
-  for (const ch of name) h = (h * 31 + ch.codePointAt(0)) % 360;
-  return `hsl(${h}, 55%, 48%)`;
-}
-
-function el(tag, props = {}, ...children) {
-  const e = document.createElement(tag);
-  for (const [k, v] of Object.entries(props)) {
-    if (k === "class") e.className = v;
-    else if (k.startsWith("on")) e.addEventListener(k.slice(2), v);
-    else if (k in e) e[k] = v;
-    else e.setAttribute(k, v);
-  }
-  e.append(...children);
-  return e;
-}
 
 const COLUMNS = ["name", "node", "state", "pid", "port", "uptime", "starts", "last", "chart",
   "held", "error", "actions"];
@@ -336,74 +254,15 @@ function tick(m) {
   }
 }
 
-function chart(name, values) {
-  if (!values.length) return el("span", { class: "spark-none", textContent: "none yet" });
-  const NS = "http://www.w3.org/2000/svg";
-  const W = 110, H = 28, P = 3;
-  const svg = document.createElementNS(NS, "svg");
-  svg.setAttribute("class", "spark");
-  svg.setAttribute("width", W);
-  svg.setAttribute("height", H);
-  svg.setAttribute("viewBox", `0 0 ${W} ${H}`);
-  svg.setAttribute("role", "img");
-  const label = `Recent start durations of ${name}: ${values.map((v) => fmtSeconds(v)).join(", ")}`;
-  svg.setAttribute("aria-label", label);
-  const title = document.createElementNS(NS, "title");
-  title.textContent = label;
-  svg.append(title);
-  const max = Math.max(...values) || 1;
-  const step = values.length > 1 ? (W - 2 * P) / (values.length - 1) : 0;
-  const pts = values.map((v, i) => [P + i * step, H - P - (v / max) * (H - 2 * P)]);
-  const base = document.createElementNS(NS, "line");
-  base.setAttribute("class", "base");
-  base.setAttribute("x1", 0); base.setAttribute("x2", W);
-  base.setAttribute("y1", H - P); base.setAttribute("y2", H - P);
-  svg.append(base);
-  if (pts.length > 1) {
-    const line = document.createElementNS(NS, "polyline");
-    line.setAttribute("points", pts.map(([x, y]) => `${x.toFixed(1)},${y.toFixed(1)}`).join(" "));
-    svg.append(line);
-  }
-  const [lx, ly] = pts[pts.length - 1];
-  const dot = document.createElementNS(NS, "circle");
-  dot.setAttribute("cx", lx); dot.setAttribute("cy", ly); dot.setAttribute("r", 2.5);
-  svg.append(dot);
-  return svg;
-}
-
-function renderCapacity() {
-  const box = $("capacity");
-  box.replaceChildren();
-  for (const [res, cap] of Object.entries(ui.resources)) {
-    const holders = [...ui.models.values()]
-      .filter((m) => HOLDING.has(m.state) && (m.requires || {})[res] > 0)
-      .map((m) => [m.name, m.requires[res], m.state]);
-    const used = holders.reduce((a, [, n]) => a + n, 0);
-    const bar = el("div", { class: "bar", role: "img" });
-    bar.setAttribute("aria-label", `${res}: ${used} of ${cap} held` +
-      holders.map(([n, a]) => `, ${n} ${a}`).join(""));
-    const legend = el("ul", { class: "legend" });
-    for (const [name, amount, state] of holders) {
-      const seg = el("div", { class: "seg", title: `${name}: ${amount} (${state})` });
-      seg.style.width = `${Math.min(100, (amount / cap) * 100)}%`;
-      seg.style.backgroundColor = colour(name);
-      bar.append(seg);
-      const sw = el("span", { class: "sw" });
-      sw.style.backgroundColor = colour(name);
-      legend.append(el("li", {}, sw, `${name} ${amount} (${state})`));
-    }
-    if (!holders.length) legend.append(el("li", { textContent: "nothing running" }));
-    const head = el("div", { class: "res-head" }, el("span", { textContent: res }),
-      el("span", { textContent: `${+used.toFixed(3)} / ${cap}` }));
-    box.append(el("div", { class: "res", "data-resource": res }, head, bar, legend));
-  }
+function showCapacity() {
+  renderCapacity($("capacity"), ui.resources, [...ui.models.values()]);
 }
 
 function renderAll() {
   const models = [...ui.models.values()];
   $("models").classList.toggle("has-node", models.some((m) => m.node));
   for (const m of models) renderRow(m);
-  renderCapacity();
+  showCapacity();
 }
 
 // ---- actions ----------------------------------------------------------------------------
@@ -448,73 +307,13 @@ async function askStop(name) {
 // ---- logs -------------------------------------------------------------------------------
 
 function toggleLog(name) {
-  if (ui.logs.has(name)) closeLog(name); else openLog(name);
-}
-
-function closeLog(name) {
-  const log = ui.logs.get(name);
-  if (!log) return;
-  log.ctl.abort();
-  log.panel.remove();
-  ui.logs.delete(name);
-  const row = ui.rows.get(name);
-  if (row) row.log.setAttribute("aria-pressed", "false");
-  $("logs-hint").hidden = ui.logs.size > 0;
-}
-
-function openLog(name) {
-  const pre = el("pre", { tabIndex: 0 });
-  pre.setAttribute("aria-label", `Log of ${name}`);
-  const status = el("span", { class: "log-status", textContent: "connecting…" });
-  const close = el("button", { type: "button", textContent: "Close",
-    onclick: () => closeLog(name) });
-  close.setAttribute("aria-label", `Close the log of ${name}`);
-  const panel = el("section", { class: "log-panel", "data-model": name },
-    el("header", {}, el("h3", { textContent: name }), status, close), pre);
-  $("logs").append(panel);
-  const log = { panel, pre, status, ctl: new AbortController() };
-  ui.logs.set(name, log);
-  ui.rows.get(name)?.log.setAttribute("aria-pressed", "true");
-  $("logs-hint").hidden = true;
-  followLog(name, log, 200);
-  panel.scrollIntoView({ block: "nearest" });
-}
-
-function appendLines(log, lines) {
-  if (!lines.length) return;
-  const atEnd = log.pre.scrollTop + log.pre.clientHeight >= log.pre.scrollHeight - 4;
-  const node = document.createTextNode(lines.map((l) => `${l}\n`).join(""));
-  node.lineCount = lines.length;
-  log.pre.append(node);
-  log.lines = (log.lines || 0) + lines.length;
-  while (log.lines > MAX_LOG_LINES && log.pre.childNodes.length > 1) {
-    log.lines -= log.pre.firstChild.lineCount || 0;
-    log.pre.firstChild.remove();
-  }
-  if (atEnd) log.pre.scrollTop = log.pre.scrollHeight;
-}
-
-async function followLog(name, log, lines) {
-  const path = `/logs/${encodeURIComponent(name)}?follow=1&lines=${lines}`;
-  try {
-    const resp = await call(path, { signal: log.ctl.signal });
-    log.status.textContent = "following";
-    log.live = true;
-    let ended = null;
-    await readSSE(resp, (kind, data) => {
-      if (kind === "lines") appendLines(log, data.lines);
-      else if (kind === "rotated") appendLines(log, ["── the model restarted: a new log ──"]);
-      else if (kind === "end") ended = data.reason;
-    });
-    if (log.ctl.signal.aborted) return;
-    if (ended === "lifetime") { followLog(name, log, 0); return; }  // a follow is bounded
-    log.live = false;
-    log.status.textContent = "stopped following (the daemon went away)";
-  } catch (err) {
-    if (log.ctl.signal.aborted || err.name === "AbortError") return;
-    log.live = false;
-    log.status.textContent = err instanceof HttpError
-      ? `refused: ${err.message}` : "cannot reach the daemon";
+  const pressed = (on) => ui.rows.get(name)?.log.setAttribute("aria-pressed", String(on));
+  if (isOpen(name)) {
+    closeLog(name);
+    pressed(false);
+  } else {
+    openLog(name, () => pressed(false));
+    pressed(true);
   }
 }
 
@@ -522,8 +321,7 @@ async function followLog(name, log, lines) {
 
 $("token-form").addEventListener("submit", (ev) => {
   ev.preventDefault();
-  ui.token = $("token-input").value.trim();
-  sessionStorage.setItem(TOKEN_KEY, ui.token);
+  setToken($("token-input").value.trim());
   $("token-input").value = "";
   $("token-form").hidden = true;
   setConn("wait", "connecting…");

@@ -46,7 +46,6 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -57,6 +56,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bench.harness import cpu_seconds, percentile, proc_status_kb, repo_relative  # noqa: E402
 from tests.stack import Stack, fake_model, free_port, kill_recorded, starts  # noqa: E402
 
 MODELS = ("m0", "m1", "m2", "m3")
@@ -205,12 +205,6 @@ class SoakReport:
         return "\n".join(lines)
 
 
-def percentile(values: Sequence[float], q: float) -> float:
-    ordered = sorted(values)
-    rank = max(1, min(len(ordered), -(-len(ordered) * q // 100)))
-    return ordered[int(rank) - 1]
-
-
 def _ms(seconds: float) -> str:
     return f"{seconds * 1000:.0f} ms"
 
@@ -223,17 +217,7 @@ def open_fds(pid: int) -> int:
 
 
 def rss_kb(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as fh:
-        for line in fh:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise KeyError("VmRSS")
-
-
-def cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as fh:
-        fields = fh.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return proc_status_kb(pid, "VmRSS")
 
 
 _LOG_PROBLEM = re.compile(r"Traceback|unexpected error|listener failed|scan failed|"
@@ -554,8 +538,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workdir", default=str(ROOT / "bench" / "out" / "soak"))
     p.add_argument("--output", default=str(ROOT / "bench" / "RESULTS.md"))
     args = p.parse_args(argv)
-    command = shlex.join([os.path.relpath(sys.executable, ROOT) if sys.executable.startswith(
-        str(ROOT)) else sys.executable, *sys.argv])
+    command = shlex.join([repo_relative(sys.executable), *sys.argv])
     report = run_soak(args.minutes, Path(args.workdir), args.clients, args.seed)
     section = results_section(report, command)
     print(section)

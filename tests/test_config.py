@@ -5,10 +5,23 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from typing import get_args
 
 import pytest
 
-from model_starter.config import ConfigError, parse_config
+from model_starter.config import (
+    LAUNCHERS,
+    CommandSpec,
+    ConfigError,
+    LauncherKind,
+    ProcessSpec,
+    V2Spec,
+    parse_config,
+)
+from model_starter.config.reference import markdown
+from model_starter.config.schema import SPEC_TYPES
+
+ROOT = Path(__file__).resolve().parent.parent
 
 GOOD = """\
 listen: 127.0.0.1:8080
@@ -129,7 +142,58 @@ def test_check_command_exits_2_listing_problems(tmp_path: Path) -> None:
 
 def test_bundled_config_is_valid() -> None:
     """The config.yaml the README runs is valid."""
-    root = Path(__file__).resolve().parent.parent
     out = subprocess.run([sys.executable, "-m", "model_starter", "check", "-c",
-                          str(root / "config.yaml")], capture_output=True, text=True)
+                          str(ROOT / "config.yaml")], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
+
+
+LAUNCHER_MODELS = """\
+models:
+  p: {command: [x], port: 9001, stop_command: [k]}
+  c: {launcher: command, start: [s], stop: [t], port: 9002}
+  v: {launcher: v2, v2_name: iris}
+"""
+
+
+def test_each_launcher_has_its_spec_type() -> None:
+    """A model's spec is the type of its launcher; `launcher` reads the same on each."""
+    assert tuple(SPEC_TYPES) == LAUNCHERS == get_args(LauncherKind)
+    models = parse_config(LAUNCHER_MODELS, "c.yaml", environ={}).models
+    p, c, v = models["p"], models["c"], models["v"]
+    assert isinstance(p, ProcessSpec) and (p.launcher, p.command, p.stop_command) == (
+        "process", ("x",), ("k",))
+    assert isinstance(c, CommandSpec) and (c.launcher, c.start, c.stop, c.status) == (
+        "command", ("s",), ("t",), None)
+    assert isinstance(v, V2Spec) and (v.launcher, v.v2_name, v.port, v.health) == (
+        "v2", "iris", 5002, "/v2/models/iris/ready")
+
+
+@pytest.mark.parametrize(
+    ("model", "expected"),
+    [
+        ("{launcher: command, port: 1, stop: [t]}",
+         "c.yaml:3: models.m: missing required key 'start' (launcher: command)"),
+        ("{launcher: command, start: [s], stop: [t]}",
+         "c.yaml:3: models.m: missing required key 'port' (launcher: command)"),
+        ("{launcher: v2, command: [x]}", "c.yaml:3: models.m.command: only for launcher: process"),
+        ("{command: [x], port: 1, v2_name: y}", "c.yaml:3: models.m.v2_name: only for launcher: v2"),
+        ("{command: [x], port: 1, status: [y]}",
+         "c.yaml:3: models.m.status: only for launcher: command"),
+        ("{launcher: docker}", "c.yaml:3: models.m.launcher: expected one of process, command, v2"),
+        ("{command: [x], port: 1, mode: retry}",
+         "c.yaml:3: models.m.mode: expected one of error_page, auth_request"),
+    ],
+)
+def test_launcher_rules(model: str, expected: str) -> None:
+    """Required and launcher-only keys follow the launcher's spec type."""
+    got = problems(f"listen: 127.0.0.1:8080\nmodels:\n  m: {model}\n")
+    assert any(p.startswith(expected) for p in got), (expected, got)
+
+
+def test_readme_tables_are_the_generated_reference() -> None:
+    """The README's configuration tables are the schema's (regenerate them with
+    `python -m model_starter.config --markdown`)."""
+    out = subprocess.run([sys.executable, "-m", "model_starter.config", "--markdown"],
+                         capture_output=True, text=True, check=True)
+    assert out.stdout == markdown()
+    assert markdown() in (ROOT / "README.md").read_text(encoding="utf-8")

@@ -14,15 +14,12 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from model_starter.config import Config, ConfigError, parse_config
+from model_starter.config import Config, ConfigError, parse_config, schema
 from tests.stack import Stack, fake_model, free_port, kill_recorded, starts
 
 METHODS = ["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"]
-MODEL_KEYS = ["command", "port", "host", "health", "startup_timeout", "idle_timeout", "env",
-              "cwd", "stop_signal", "stop_timeout", "requires", "pinned", "preload", "launcher",
-              "max_waiting", "crash_loop", "mode", "start", "stop", "status", "stop_command"]
-TOP_KEYS = ["listen", "nginx", "models", "resources", "defaults", "inference_server",
-            "log_dir", "state_dir", "release_grace", "admin_token"]
+MODEL_KEYS = sorted(schema.MODEL_KEYS)  # every key the schema declares
+TOP_KEYS = sorted(schema.TOP_KEYS)
 
 scalars = (st.none() | st.booleans() | st.integers(-(2**70), 2**70)
            | st.floats(allow_nan=False) | st.text(max_size=20))

@@ -170,7 +170,8 @@ def test_guard_token_and_page_assets(tmp_path: Path, record: Path) -> None:
             js = s.direct("GET", f"/_ms/ui/{name}")
             assert js.status == 200 and js.headers["content-type"].startswith("text/javascript")
         assert s.direct("GET", "/_ms/ui/style.css").status == 200
-        missing = s.direct("GET", "/_ms/ui/secrets.txt")
+        assert s.direct("GET", "/_ms/ui/secrets.txt").status == 401  # not a page file
+        missing = s.direct("GET", "/_ms/ui/secrets.txt", headers=AUTH)
         assert missing.status == 404 and missing.json()["error"] == "not_found"
         assert s.get("/_ms/ui").status == 404  # never through nginx
 

@@ -4,26 +4,13 @@ and RSS flat."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
-from types import ModuleType
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def load_soak() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_soak", ROOT / "bench" / "soak.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up by name
-    spec.loader.exec_module(module)
-    return module
+from bench.soak import run_soak
 
 
 def test_soak_two_minutes(tmp_path: Path) -> None:
-    soak = load_soak()
-    report = soak.run_soak(2, tmp_path)
+    report = run_soak(2, tmp_path)
     summary = report.markdown()
     print(summary)
     assert report.total > 1000, summary

@@ -1,6 +1,8 @@
 """The admin API under a prefix no model name can take: status, start, stop, reload, an SSE
-event stream and Prometheus metrics. Loopback only: proxied calls (nginx sets our headers)
-are refused with 404, and an optional bearer token guards everything.
+event stream and Prometheus metrics. A Sanic blueprint whose handlers read ``request.app.ctx``
+behind ONE guard (:func:`guard`, the blueprint's request middleware): loopback only, proxied
+calls (nginx sets our headers) are refused with 404, and an optional bearer token guards
+everything.
 """
 
 from __future__ import annotations
@@ -12,120 +14,112 @@ import json
 import time
 from typing import Any
 
-from sanic import HTTPResponse, Request, Sanic
+from sanic import Blueprint, HTTPResponse, Request
 from sanic import json as json_response
 
-from model_starter.config import ADMIN_PREFIX
-from model_starter.dashboard import install_dashboard
-from model_starter.events import EventHub
+from model_starter.dashboard import install_dashboard, public_asset
 from model_starter.launchers import StartError
 from model_starter.launchers.v2 import V2Launcher
 from model_starter.logs_api import install_logs
-from model_starter.metrics import CONTENT_TYPE, Metrics
-from model_starter.pool import ModelPool
-from model_starter.reload import reload_config
-from model_starter.responses import error_response
+from model_starter.metrics import CONTENT_TYPE
+from model_starter.protocol import ADMIN_PREFIX, ERROR_UNKNOWN_MODEL, PROXIED_HEADERS
+from model_starter.responses import error_response, start_error_response
 from model_starter.supervisor import ModelSupervisor, State
 
-__all__ = ["install_admin", "model_status"]
+__all__ = ["admin", "guard", "model_status"]
 
-PROXIED_HEADERS = ("X-Model-Starter-Via", "X-Model-Starter-Model")
 KEEPALIVE_SECONDS = 15.0
 
+admin = Blueprint("admin", url_prefix=ADMIN_PREFIX)
 
-def install_admin(
-    app: Sanic[Any, Any], pool: ModelPool, metrics: Metrics, hub: EventHub, config_path: str
-) -> None:
-    def denied(request: Request) -> HTTPResponse | None:
-        if any(h in request.headers for h in PROXIED_HEADERS):
-            return error_response(404, "not_found", "not found")
-        token = pool.config.admin_token
-        if not token and not _loopback(request.ip):
-            # Listening beyond loopback (a container) exposes nothing without a token.
-            return error_response(403, "forbidden", "the admin API answers loopback clients "
-                                  "only, unless admin_token is set")
-        if token:
-            given = request.headers.get("Authorization", "")
-            if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
-                return error_response(401, "unauthorized", "a valid bearer token is required",
-                                      headers={"WWW-Authenticate": "Bearer"})
-        return None
 
-    @app.get(f"{ADMIN_PREFIX}/status")
-    async def status(request: Request) -> HTTPResponse:
-        if (no := denied(request)) is not None:
-            return no
-        server = pool.inference_server
-        models = {name: model_status(sup) for name, sup in pool.models.items()}
-        v2 = {name: sup.launcher for name, sup in pool.models.items()
-              if isinstance(sup.launcher, V2Launcher)}
-        if v2:  # what the V2 server itself says (its repository index)
-            states = await next(iter(v2.values())).index_states()
-            for name, launcher in v2.items():
-                models[name]["server_state"] = states.get(launcher.name)
-        return json_response({
-            "models": list(models.values()),
-            "inference_server": None if server is None else model_status(server),
-        })
+@admin.on_request
+async def guard(request: Request) -> HTTPResponse | None:
+    """The one guard of every admin route: None lets the request through."""
+    if any(h in request.headers for h in PROXIED_HEADERS):
+        return error_response(404, "not_found", "not found")
+    token = request.app.ctx.pool.config.admin_token
+    if not token and not _loopback(request.ip):
+        # Listening beyond loopback (a container) exposes nothing without a token.
+        return error_response(403, "forbidden", "the admin API answers loopback clients "
+                              "only, unless admin_token is set")
+    if token:
+        given = request.headers.get("Authorization", "")
+        if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+            if public_asset(request.path):  # the page's files hold no data; it asks for it
+                return None
+            return error_response(401, "unauthorized", "a valid bearer token is required",
+                                  headers={"WWW-Authenticate": "Bearer"})
+    return None
 
-    @app.post(f"{ADMIN_PREFIX}/models/<name>/<action:start|stop>")
-    async def control(request: Request, name: str, action: str) -> HTTPResponse:
-        if (no := denied(request)) is not None:
-            return no
-        sup = pool.get(name)
-        if sup is None:
-            return error_response(404, "unknown_model", f"no model named {name!r} is configured",
-                                  model=name)
-        if action == "stop":
-            await sup.stop("manual")
-            return json_response(model_status(sup))
-        try:
-            await sup.ensure_ready()
-        except StartError as exc:
-            return error_response(503, exc.reason, exc.detail, retry_after=exc.retry_after,
-                                  model=name, exit_status=exc.exit_status, log_tail=exc.log_tail)
+
+@admin.get("/status")
+async def status(request: Request) -> HTTPResponse:
+    pool = request.app.ctx.pool
+    server = pool.inference_server
+    models = {name: model_status(sup) for name, sup in pool.models.items()}
+    v2 = {name: sup.launcher for name, sup in pool.models.items()
+          if isinstance(sup.launcher, V2Launcher)}
+    if v2:  # what the V2 server itself says (its repository index)
+        states = await next(iter(v2.values())).index_states()
+        for name, launcher in v2.items():
+            models[name]["server_state"] = states.get(launcher.name)
+    return json_response({
+        "models": list(models.values()),
+        "inference_server": None if server is None else model_status(server),
+    })
+
+
+@admin.post("/models/<name>/<action:start|stop>")
+async def control(request: Request, name: str, action: str) -> HTTPResponse:
+    sup = request.app.ctx.pool.get(name)
+    if sup is None:
+        return error_response(404, ERROR_UNKNOWN_MODEL, f"no model named {name!r} is configured",
+                              model=name)
+    if action == "stop":
+        await sup.stop("manual")
         return json_response(model_status(sup))
+    try:
+        await sup.ensure_ready()
+    except StartError as exc:
+        return start_error_response(exc, name)
+    return json_response(model_status(sup))
 
-    @app.post(f"{ADMIN_PREFIX}/reload")
-    async def reload(request: Request) -> HTTPResponse:
-        if (no := denied(request)) is not None:
-            return no
-        result = await reload_config(pool, config_path)
-        return json_response(result, status=200 if result["ok"] else 400)
 
-    @app.get(f"{ADMIN_PREFIX}/metrics")
-    async def prometheus(request: Request) -> HTTPResponse:
-        if (no := denied(request)) is not None:
-            return no
-        return HTTPResponse(metrics.exposition(), content_type=CONTENT_TYPE)
+@admin.post("/reload")
+async def reload(request: Request) -> HTTPResponse:
+    result = await request.app.ctx.daemon.reloader.reload()
+    return json_response(result, status=200 if result["ok"] else 400)
 
-    @app.get(f"{ADMIN_PREFIX}/events")
-    async def events(request: Request) -> HTTPResponse | None:
-        if (no := denied(request)) is not None:
-            return no
-        response = await request.respond(
-            content_type="text/event-stream",
-            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-        )
-        with hub.subscribe() as queue:
-            for sup in pool.models.values():  # where everything stands, then what changes
-                snapshot = {"event": "status", "model": sup.spec.name, "time": time.time(),
-                            "state": str(sup.state)}
-                await response.send(f"event: status\ndata: {json.dumps(snapshot)}\n\n")
-            while True:
-                try:
-                    event = await asyncio.wait_for(queue.get(), KEEPALIVE_SECONDS)
-                except TimeoutError:
-                    await response.send(": keepalive\n\n")
-                    continue
-                if event["event"] == "shutdown":
-                    break
-                await response.send(f"event: {event['event']}\ndata: {json.dumps(event)}\n\n")
-        await response.eof()
-        return None
 
-    install_logs(app, pool, denied)  # the same access check guards the logs and the page
-    install_dashboard(app, pool, denied)
+@admin.get("/metrics")
+async def prometheus(request: Request) -> HTTPResponse:
+    return HTTPResponse(request.app.ctx.metrics.exposition(), content_type=CONTENT_TYPE)
+
+
+@admin.get("/events")
+async def events(request: Request) -> HTTPResponse | None:
+    pool, hub = request.app.ctx.pool, request.app.ctx.hub
+    response = await request.respond(
+        content_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+    with hub.subscribe() as queue:
+        for sup in pool.models.values():  # where everything stands, then what changes
+            snapshot = {"event": "status", "model": sup.spec.name, "time": time.time(),
+                        "state": str(sup.state)}
+            await response.send(f"event: status\ndata: {json.dumps(snapshot)}\n\n")
+        while True:
+            try:
+                event = await asyncio.wait_for(queue.get(), KEEPALIVE_SECONDS)
+            except TimeoutError:
+                await response.send(": keepalive\n\n")
+                continue
+            if event["event"] == "shutdown":
+                break
+            await response.send(f"event: {event['event']}\ndata: {json.dumps(event)}\n\n")
+    await response.eof()
+    return None
 
 
 def _loopback(ip: str) -> bool:
@@ -164,3 +158,7 @@ def model_status(sup: ModelSupervisor) -> dict[str, Any]:
         "last_error": None if err is None else err.as_json(sup.spec.name),
         "log_error": sup.launcher.log_error,
     }
+
+
+install_logs(admin)  # behind the same guard: the model logs and the dashboard
+install_dashboard(admin)

@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from model_starter.cli_logs import add_logs_arguments, logs_command
-from model_starter.config import ADMIN_PREFIX, Config, ConfigError, load_config
+from model_starter.config import Config, ConfigError, load_config
+from model_starter.protocol import admin_path
 
 __all__ = ["main"]
 
@@ -90,16 +91,16 @@ def _nginx(config: Config, style: str, output_dir: str | None) -> int:
 
 
 def _client(config: Config, args: argparse.Namespace) -> int:
-    base = f"http://{_connect_host(config.listen_host)}:{config.listen_port}{ADMIN_PREFIX}"
+    base = f"http://{_connect_host(config.listen_host)}:{config.listen_port}"
     token = config.admin_token
     if args.cmd == "logs":
         return logs_command(base, token, args, config.listen)
     if args.cmd == "status":
-        code, body = _call("GET", f"{base}/status", token)
+        code, body = _call("GET", base + admin_path("status"), token)
     elif args.cmd == "reload":
-        code, body = _call("POST", f"{base}/reload", token)
+        code, body = _call("POST", base + admin_path("reload"), token)
     else:
-        code, body = _call("POST", f"{base}/models/{args.model}/{args.cmd}", token)
+        code, body = _call("POST", base + admin_path(args.cmd, args.model), token)
     if code is None:
         print(f"model-starter is not running at {config.listen} ({body})", file=sys.stderr)
         return 1

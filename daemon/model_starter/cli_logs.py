@@ -12,6 +12,8 @@ from collections.abc import Iterable
 from typing import IO, Any
 from urllib.parse import quote
 
+from model_starter.protocol import admin_path
+
 __all__ = ["add_logs_arguments", "logs_command"]
 
 READ_TIMEOUT = 60.0  # the daemon sends a keepalive every 15 s on a quiet follow
@@ -27,9 +29,9 @@ def add_logs_arguments(p: argparse.ArgumentParser) -> None:
 
 def logs_command(base: str, token: str | None, args: argparse.Namespace, where: str,
                  out: IO[str] | None = None) -> int:
-    """`base` is the daemon's admin URL (http://host:port/_ms); `where` names it in errors."""
+    """`base` is the daemon's URL (http://host:port); `where` names it in errors."""
     out = out or sys.stdout
-    url = f"{base}/logs/{quote(args.model, safe='')}"
+    url = base + admin_path("logs", quote(args.model, safe=""))
     try:
         if not args.follow:
             with _open(f"{url}?lines={args.lines}&format=text", token) as resp:

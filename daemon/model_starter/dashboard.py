@@ -1,35 +1,34 @@
 """`GET /_ms/ui`: the operator's dashboard, one page of plain HTML/CSS/JS shipped in the
 package (``model_starter/ui/``), no build step, nothing loaded from elsewhere.
 
-The page's files hold no data, so a browser that cannot send the bearer token yet may load
-them (the page then asks for the token); every other admin rule (loopback only without a
-token, nothing through nginx) applies as to the API. The data comes from the admin API and
-from `GET /_ms/ui/config.json` (the configured resource capacities), both fully guarded.
+The routes live on the admin blueprint, behind its one guard. The page's files hold no data,
+so the guard lets a browser that cannot send the bearer token yet load them
+(:func:`public_asset`); the page then asks for the token. Every other admin rule (loopback
+only without a token, nothing through nginx) applies as to the API. The data comes from the
+admin API and from `GET /_ms/ui/config.json` (the configured resource capacities).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
-from sanic import Blueprint, HTTPResponse, Request, Sanic
+from sanic import Blueprint, HTTPResponse, Request
 from sanic import json as json_response
 
-from model_starter.config import ADMIN_PREFIX
-from model_starter.logs_api import Guard
-from model_starter.pool import ModelPool
+from model_starter.protocol import ADMIN_PREFIX
 from model_starter.responses import error_response
 
-__all__ = ["UI_DIR", "install_dashboard"]
+__all__ = ["PATHS", "UI_DIR", "install_dashboard", "public_asset"]
 
 UI_DIR = Path(__file__).parent / "ui"
+_JS = "text/javascript; charset=utf-8"
 CONTENT_TYPES = {
     "index.html": "text/html; charset=utf-8",
-    "app.js": "text/javascript; charset=utf-8",
-    "api.js": "text/javascript; charset=utf-8",
-    "logs.js": "text/javascript; charset=utf-8",
-    "view.js": "text/javascript; charset=utf-8",
     "style.css": "text/css; charset=utf-8",
+    "app.js": _JS,
+    "api.js": _JS,
+    "logs.js": _JS,
+    "view.js": _JS,
 }
 HEADERS = {
     "Cache-Control": "no-cache",
@@ -41,37 +40,39 @@ HEADERS = {
         "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
     ),
 }
+_PAGE = f"{ADMIN_PREFIX}/ui"
+_PUBLIC = frozenset({_PAGE, f"{_PAGE}/", *(f"{_PAGE}/{name}" for name in CONTENT_TYPES)})
+# Every path the dashboard answers (all GET): its page and files, and its data.
+PATHS = (*sorted(_PUBLIC), f"{_PAGE}/config.json")
 
 
-def install_dashboard(
-    app: Sanic[Any, Any] | Blueprint, pool: ModelPool, guard: Guard, prefix: str = ADMIN_PREFIX,
-) -> None:
-    """Register `GET {prefix}/ui`, its files and `{prefix}/ui/config.json`."""
+def public_asset(path: str) -> bool:
+    """Whether `path` is one of the page's own files (no data: loadable before the token)."""
+    return path in _PUBLIC
+
+
+def install_dashboard(bp: Blueprint) -> None:
+    """Register `GET <bp prefix>/ui`, its files and `/ui/config.json` on the admin blueprint."""
     files = {name: (UI_DIR / name).read_bytes() for name in CONTENT_TYPES}
 
-    def asset(request: Request, name: str) -> HTTPResponse:
-        no = guard(request)
-        if no is not None and no.status != 401:  # a missing token: the page asks for it
-            return no
+    def asset(name: str) -> HTTPResponse:
         if name not in files:
             return error_response(404, "not_found", f"no dashboard file named {name!r}")
         return HTTPResponse(files[name], content_type=CONTENT_TYPES[name], headers=HEADERS)
 
-    @app.get(f"{prefix}/ui", name="dashboard_page", strict_slashes=True)
+    @bp.get("/ui", name="dashboard_page", strict_slashes=True)
     async def page(request: Request) -> HTTPResponse:
-        return asset(request, "index.html")
+        return asset("index.html")
 
-    @app.get(f"{prefix}/ui/", name="dashboard_page_slash", strict_slashes=True)
+    @bp.get("/ui/", name="dashboard_page_slash", strict_slashes=True)
     async def page_slash(request: Request) -> HTTPResponse:
-        return asset(request, "index.html")
+        return asset("index.html")
 
-    @app.get(f"{prefix}/ui/config.json", name="dashboard_config")
+    @bp.get("/ui/config.json", name="dashboard_config")
     async def config(request: Request) -> HTTPResponse:
-        if (no := guard(request)) is not None:
-            return no
-        return json_response({"resources": dict(pool.config.resources)},
-                             headers={"Cache-Control": "no-store"})
+        resources = request.app.ctx.pool.config.resources
+        return json_response({"resources": dict(resources)}, headers={"Cache-Control": "no-store"})
 
-    @app.get(f"{prefix}/ui/<name>", name="dashboard_file")
+    @bp.get("/ui/<name>", name="dashboard_file")
     async def file(request: Request, name: str) -> HTTPResponse:
-        return asset(request, name)
+        return asset(name)

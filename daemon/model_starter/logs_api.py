@@ -7,8 +7,9 @@
                     when the follow's lifetime is over or the daemon stops
     ?seconds=S      a shorter lifetime for this follow (capped at FOLLOW_MAX_SECONDS)
 
-Bounded: at most MAX_FOLLOWERS follows at once (the next one gets 429), each lives at most
-FOLLOW_MAX_SECONDS. The file is read in bounded chunks, never whole.
+Bounded: at most `FollowLimits.max_followers` follows at once (the next one gets 429), each
+lives at most `FollowLimits.max_seconds`. The file is read in bounded chunks, never whole.
+The routes live on the admin blueprint, behind its one guard.
 """
 
 from __future__ import annotations
@@ -18,8 +19,7 @@ import contextlib
 import json
 import os
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,16 +27,13 @@ from sanic import Blueprint, HTTPResponse, Request, Sanic
 from sanic import json as json_response
 from sanic.response import text as text_response
 
-from model_starter.config import ADMIN_PREFIX
 from model_starter.launchers.process import ProcessLauncher
 from model_starter.launchers.v2 import V2Launcher
 from model_starter.pool import ModelPool
 from model_starter.responses import error_response
 from model_starter.supervisor import ModelSupervisor
 
-__all__ = ["FollowLimits", "Guard", "install_logs", "log_path", "read_tail"]
-
-Guard = Callable[[Request], HTTPResponse | None]
+__all__ = ["FollowLimits", "install_logs", "log_path", "read_tail"]
 
 DEFAULT_LINES = 100
 MAX_LINES = 10_000
@@ -131,30 +128,38 @@ def _sse(event: str, data: dict[str, Any]) -> str:
     return f"event: {event}\ndata: {json.dumps(data)}\n\n"
 
 
-def install_logs(
-    app: Sanic[Any, Any] | Blueprint, pool: ModelPool, guard: Guard,
-    prefix: str = ADMIN_PREFIX, limits: FollowLimits | None = None,
-) -> None:
-    """Register `GET {prefix}/logs/<name>` (prefix "" on a blueprint that has its own)."""
-    lim = limits or FollowLimits()
-    followers: set[asyncio.Task[Any]] = set()
-    stopping = asyncio.Event()
+@dataclass
+class Follows:
+    """The follows open in one daemon, and whether it is stopping (ends them all)."""
 
-    @app.before_server_stop
-    async def _stop_follows(*_: Any) -> None:
-        stopping.set()
+    limits: FollowLimits
+    open: set[asyncio.Task[Any]] = field(default_factory=set)
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
 
-    def find(name: str) -> ModelSupervisor | None:
-        server = pool.inference_server
-        if server is not None and name == server.spec.name:
-            return server
-        return pool.get(name)
 
-    @app.get(f"{prefix}/logs/<name>")
+def _find(pool: ModelPool, name: str) -> ModelSupervisor | None:
+    server = pool.inference_server
+    if server is not None and name == server.spec.name:
+        return server
+    return pool.get(name)
+
+
+def install_logs(bp: Blueprint, limits: FollowLimits | None = None) -> None:
+    """Register `GET <bp prefix>/logs/<name>` on the (admin) blueprint."""
+
+    @bp.before_server_start
+    async def _follows(app: Sanic[Any, Any]) -> None:
+        app.ctx.log_follows = Follows(limits or FollowLimits())
+
+    @bp.before_server_stop
+    async def _stop_follows(app: Sanic[Any, Any]) -> None:
+        app.ctx.log_follows.stopping.set()
+
+    @bp.get("/logs/<name>")
     async def logs(request: Request, name: str) -> HTTPResponse | None:
-        if (no := guard(request)) is not None:
-            return no
-        sup = find(name)
+        follows: Follows = request.app.ctx.log_follows
+        lim = follows.limits
+        sup = _find(request.app.ctx.pool, name)
         if sup is None:
             return error_response(404, "unknown_model", f"no model named {name!r} is configured",
                                   model=name)
@@ -175,18 +180,18 @@ def install_logs(
                                   model=name)
         if not follow:
             return await _tail_response(request, name, sup, path, count)
-        if len(followers) >= lim.max_followers:
+        if len(follows.open) >= lim.max_followers:
             return error_response(429, "too_many_followers", f"{lim.max_followers} log follows "
                                   "are open already; close one or ask for the tail",
                                   retry_after=5, model=name, limit=lim.max_followers)
         assert path is not None
         task = asyncio.current_task()
         assert task is not None
-        followers.add(task)
+        follows.open.add(task)
         try:
-            await _follow(request, name, path, count, min(seconds, lim.max_seconds), lim, stopping)
+            await _follow(request, name, path, count, min(seconds, lim.max_seconds), follows)
         finally:
-            followers.discard(task)
+            follows.open.discard(task)
         return None
 
 
@@ -205,7 +210,8 @@ async def _tail_response(request: Request, name: str, sup: ModelSupervisor, path
 
 
 async def _follow(request: Request, name: str, path: Path, count: int, seconds: float,
-                  lim: FollowLimits, stopping: asyncio.Event) -> None:
+                  follows: Follows) -> None:
+    stopping = follows.stopping
     response = await request.respond(
         content_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
@@ -229,7 +235,7 @@ async def _follow(request: Request, name: str, path: Path, count: int, seconds: 
             await response.send(": keepalive\n\n")
             last_sent = now
         # The next look at the file, or at once when the daemon stops.
-        wait = min(lim.poll_seconds, max(0.0, seconds - (time.monotonic() - t0)))
+        wait = min(follows.limits.poll_seconds, max(0.0, seconds - (time.monotonic() - t0)))
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stopping.wait(), wait)
     await response.send(_sse("end", {"model": name, "reason": reason}))

@@ -19,10 +19,36 @@ operator's server block.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterator
 
-from model_starter.config import Config, ModelSpec
+from model_starter.config import Config, ModelSpec, V2Spec
+from model_starter.protocol import (
+    ACTIVITY_LOG_FORMAT,
+    ACTIVITY_LOG_TAG,
+    ANSWER_HEADER,
+    ANSWER_NOT_REPLAYED,
+    DAEMON_DOWN_RETRY_AFTER,
+    ERROR_MODEL_UNAVAILABLE,
+    ERROR_NOT_REPLAYED,
+    ERROR_STARTER_UNAVAILABLE,
+    ERROR_UNKNOWN_MODEL,
+    HOLD_MARGIN_SECONDS,
+    MODE_AUTH,
+    MODE_HEADER,
+    MODE_RETRY,
+    MODEL_HEADER,
+    SENT_HEADER,
+    STATUS_HEADER,
+    STATUS_NOT_REPLAYED,
+    STATUS_REPLAY,
+    STATUS_UNAVAILABLE,
+    STATUS_UNKNOWN_MODEL,
+    V2_NOT_LOADED_STATUSES,
+    VIA_HEADER,
+    VIA_NGINX,
+)
 
 __all__ = ["STYLES", "render", "render_files"]
 
@@ -30,23 +56,41 @@ STYLES = ("conf.d", "locations")
 STARTER_UPSTREAM = "ms_starter"
 INFERENCE_UPSTREAM = "ms_inference"
 ACTIVITY_FORMAT = "ms_activity"
-DAEMON_DOWN_JSON = (
-    '{"error":"starter_unavailable","detail":"the model-starter daemon is not reachable"}'
-)
-NOT_REPLAYED_JSON = (
-    '{"error":"not_replayed","detail":"the request reached the model, which failed before '
-    'answering; it is not sent again because it may have taken effect"}'
-)
-UNKNOWN_JSON = '{"error":"unknown_model","detail":"no such model is configured"}'
-START_FAILED_JSON = (
-    '{"error":"$ms_auth_error","detail":"the model could not be started; '
-    '`model-starter status` shows why"}'
-)
-RETRY_FAILED_JSON = (
-    '{"error":"model_unavailable","detail":"the model was started but failed on the replayed '
-    'request"}'
-)
+AUTH_LOCATION = "/_ms_auth/"  # internal: the auth_request subrequest of each model
 
+
+def _json(error: str, detail: str) -> str:
+    """A JSON body for nginx's `return`, inside single quotes (so it may hold none)."""
+    body = json.dumps({"error": error, "detail": detail}, separators=(",", ":"))
+    assert "'" not in body, body
+    return f"'{body}'"
+
+
+# The JSON bodies nginx answers with itself, each defined once.
+DAEMON_DOWN_JSON = _json(ERROR_STARTER_UNAVAILABLE, "the model-starter daemon is not reachable")
+NOT_REPLAYED_JSON = _json(
+    ERROR_NOT_REPLAYED, "the request reached the model, which failed before answering; it is "
+    "not sent again because it may have taken effect")
+UNKNOWN_JSON = _json(ERROR_UNKNOWN_MODEL, "no such model is configured")
+# The error kind is the daemon's (its ANSWER_HEADER, kept in $ms_auth_error).
+START_FAILED_JSON = _json(
+    "$ms_auth_error", "the model could not be started; `model-starter status` shows why")
+RETRY_FAILED_JSON = _json(
+    ERROR_MODEL_UNAVAILABLE, "the model was started but failed on the replayed request")
+
+
+# nginx's own statuses: a refused/failed upstream connection, and a failed auth_request.
+NGINX_BAD_GATEWAY = 502
+NGINX_AUTH_FAILED = 500
+
+
+def _codes(*codes: int) -> str:
+    return " ".join(str(c) for c in codes)
+
+
+def _var(header: str) -> str:
+    """The nginx variable of an upstream response header."""
+    return "$upstream_http_" + header.lower().replace("-", "_")
 
 
 def _upstream(spec: ModelSpec) -> str:
@@ -89,7 +133,7 @@ def render_http(config: Config) -> str:
         addr = _addr(config.inference.host, config.inference.port)
         out.append(f"upstream {INFERENCE_UPSTREAM} {{\n    server {addr};\n}}\n")
         # Which V2 model a finished request was for (the server's port is shared).
-        out.append(f"log_format {ACTIVITY_FORMAT} '$uri';\n")
+        out.append(f"log_format {ACTIVITY_FORMAT} '{ACTIVITY_LOG_FORMAT}';\n")
     return "\n".join(out)
 
 
@@ -122,20 +166,21 @@ def _model_locations(config: Config, spec: ModelSpec) -> list[str]:
     rx = name.replace(".", r"\.")
     start, retry = f"@ms_start_{name}", f"@ms_retry_{name}"
     proxy = _model_proxy(config, spec)
-    if spec.launcher == "v2":
+    if isinstance(spec, V2Spec):
         # An unloaded model does not refuse the connection: the server answers 404 (400
         # while loading). Intercepting those sends them to the start path; a genuine
         # 400/404 of a loaded model is replayed once and then reaches the client as is.
         prefix = f"/v2/models/{spec.v2_name or name}"
         bare, strip = f"rewrite ^ {prefix} break;", f"rewrite ^/{rx}/(.*)$ {prefix}/$1 break;"
-        log = f"access_log syslog:server={_daemon_addr(config)},tag=model_starter,nohostname "
+        log = f"access_log syslog:server={_daemon_addr(config)},tag={ACTIVITY_LOG_TAG},nohostname "
         proxy = [*proxy, f"{log}{ACTIVITY_FORMAT};"]
-        on_down = ["proxy_intercept_errors on;", f"error_page 400 404 502 = {start};",
+        down = _codes(*V2_NOT_LOADED_STATUSES, NGINX_BAD_GATEWAY)
+        on_down = ["proxy_intercept_errors on;", f"error_page {down} = {start};",
                    "recursive_error_pages on;"]
         where = f"{prefix}/... on {_addr(spec.host, spec.port)} (KServe V2)"
     else:
         bare, strip = "rewrite ^ / break;", f"rewrite ^/{rx}/(.*)$ /$1 break;"
-        on_down = [f"error_page 502 = {start};", "recursive_error_pages on;"]
+        on_down = [f"error_page {NGINX_BAD_GATEWAY} = {start};", "recursive_error_pages on;"]
         where = _addr(spec.host, spec.port)
     auth: list[str] = []
     extra: list[str] = []
@@ -143,23 +188,23 @@ def _model_locations(config: Config, spec: ModelSpec) -> list[str]:
         # The daemon answers 204 from memory when ready, else starts the model first.
         # auth_request turns any other status into 500: the variables bring it back.
         auth = [
-            f"auth_request /_ms_auth/{name};",
+            f"auth_request {AUTH_LOCATION}{name};",
             "auth_request_set $ms_auth_status $upstream_status;",
             "auth_request_set $ms_auth_retry $upstream_http_retry_after;",
-            "auth_request_set $ms_auth_error $upstream_http_x_model_starter;",
-            "error_page 500 = @ms_auth_failed;",
+            f"auth_request_set $ms_auth_error {_var(ANSWER_HEADER)};",
+            f"error_page {NGINX_AUTH_FAILED} = @ms_auth_failed;",
         ]
-        extra = [_block(f"= /_ms_auth/{name}", [
+        extra = [_block(f"= {AUTH_LOCATION}{name}", [
             "internal;",
             f"proxy_pass http://{STARTER_UPSTREAM}/{name}/;",
             "proxy_http_version 1.1;",
             'proxy_set_header Connection "";',
             "proxy_pass_request_body off;",
             'proxy_set_header Content-Length "";',
-            f"proxy_set_header X-Model-Starter-Model {name};",
-            "proxy_set_header X-Model-Starter-Mode auth;",
+            f"proxy_set_header {MODEL_HEADER} {name};",
+            f"proxy_set_header {MODE_HEADER} {MODE_AUTH};",
             "proxy_connect_timeout 5s;",
-            f"proxy_read_timeout {_secs(spec.hold_timeout + 30)};",
+            f"proxy_read_timeout {_secs(spec.hold_timeout + HOLD_MARGIN_SECONDS)};",
         ])]
     return [
         f"# model {name}: {where}\n" + _block(f"= /{name}", [bare, *proxy, *auth, *on_down]),
@@ -170,19 +215,19 @@ def _model_locations(config: Config, spec: ModelSpec) -> list[str]:
             "proxy_http_version 1.1;",
             "proxy_pass_request_body off;",
             'proxy_set_header Content-Length "";',
-            f"proxy_set_header X-Model-Starter-Model {name};",
-            "proxy_set_header X-Model-Starter-Mode retry;",
-            "proxy_set_header X-Model-Starter-Upstream-Sent $upstream_bytes_sent;",
-            "proxy_set_header X-Model-Starter-Upstream-Status $upstream_status;",
+            f"proxy_set_header {MODEL_HEADER} {name};",
+            f"proxy_set_header {MODE_HEADER} {MODE_RETRY};",
+            f"proxy_set_header {SENT_HEADER} $upstream_bytes_sent;",
+            f"proxy_set_header {STATUS_HEADER} $upstream_status;",
             "proxy_connect_timeout 5s;",
-            f"proxy_read_timeout {_secs(spec.hold_timeout + 30)};",
+            f"proxy_read_timeout {_secs(spec.hold_timeout + HOLD_MARGIN_SECONDS)};",
             f"client_max_body_size {spec.client_max_body_size};",
             "proxy_intercept_errors on;",
-            f"error_page 504 = {retry};",
-            "error_page 502 = @ms_down;",
+            f"error_page {STATUS_REPLAY} = {retry};",
+            f"error_page {NGINX_BAD_GATEWAY} = @ms_down;",
             "recursive_error_pages on;",
         ]),
-        _block(retry, [*proxy, "error_page 502 = @ms_retry_failed;"]),
+        _block(retry, [*proxy, f"error_page {NGINX_BAD_GATEWAY} = @ms_retry_failed;"]),
     ]
 
 
@@ -195,29 +240,29 @@ def render_locations(config: Config) -> str:
         "default_type application/json;",
         # The daemon's own 502 (a POST that is not replayed) is intercepted here too;
         # only a missing daemon answer means "daemon down".
-        "if ($upstream_http_x_model_starter = not_replayed) {",
-        "    add_header X-Model-Starter not_replayed always;  # and no inherited Retry-After",
-        f"    return 502 '{NOT_REPLAYED_JSON}';",
+        f"if ({_var(ANSWER_HEADER)} = {ANSWER_NOT_REPLAYED}) {{",
+        f"    add_header {ANSWER_HEADER} {ANSWER_NOT_REPLAYED} always;  # and no inherited Retry-After",
+        f"    return {STATUS_NOT_REPLAYED} {NOT_REPLAYED_JSON};",
         "}",
-        "add_header Retry-After 5 always;",
-        f"return 503 '{DAEMON_DOWN_JSON}';",
+        f"add_header Retry-After {DAEMON_DOWN_RETRY_AFTER} always;",
+        f"return {STATUS_UNAVAILABLE} {DAEMON_DOWN_JSON};",
     ]))
     if any(m.mode == "auth_request" for m in config.models.values()):
         out.append(_block("@ms_auth_failed", [
             "default_type application/json;",
-            "if ($ms_auth_status = 404) {",
-            f"    return 404 '{UNKNOWN_JSON}';",
+            f"if ($ms_auth_status = {STATUS_UNKNOWN_MODEL}) {{",
+            f"    return {STATUS_UNKNOWN_MODEL} {UNKNOWN_JSON};",
             "}",
-            "if ($ms_auth_status = 503) {",
+            f"if ($ms_auth_status = {STATUS_UNAVAILABLE}) {{",
             "    add_header Retry-After $ms_auth_retry always;",
-            f"    return 503 '{START_FAILED_JSON}';",
+            f"    return {STATUS_UNAVAILABLE} {START_FAILED_JSON};",
             "}",
-            "add_header Retry-After 5 always;",
-            f"return 503 '{DAEMON_DOWN_JSON}';",
+            f"add_header Retry-After {DAEMON_DOWN_RETRY_AFTER} always;",
+            f"return {STATUS_UNAVAILABLE} {DAEMON_DOWN_JSON};",
         ]))
     out.append(_block("@ms_retry_failed", [
         "default_type application/json;",
-        f"return 502 '{RETRY_FAILED_JSON}';",
+        f"return {NGINX_BAD_GATEWAY} {RETRY_FAILED_JSON};",
     ]))
     # Unknown model names get the daemon's JSON 404; the admin API refuses proxied calls.
     out.append(_block("/", [
@@ -225,11 +270,11 @@ def render_locations(config: Config) -> str:
         "proxy_http_version 1.1;",
         "proxy_pass_request_body off;",
         'proxy_set_header Content-Length "";',
-        "proxy_set_header X-Model-Starter-Via nginx;",
+        f"proxy_set_header {VIA_HEADER} {VIA_NGINX};",
         "proxy_connect_timeout 5s;",
         f"client_max_body_size {config.nginx.client_max_body_size};",
         "proxy_intercept_errors on;",
-        "error_page 502 = @ms_down;",
+        f"error_page {NGINX_BAD_GATEWAY} = @ms_down;",
     ]))
     return "\n".join(out)
 

@@ -20,13 +20,14 @@ from typing import Any
 import aiohttp
 
 from model_starter.activity import scan_ports
-from model_starter.config import Config, ModelSpec
+from model_starter.config import CommandSpec, Config, ModelSpec, ProcessSpec, V2Spec
 from model_starter.health import HealthChecker
 from model_starter.launchers import Launcher, ProcessLauncher, StartError
 from model_starter.launchers.command import CommandLauncher
 from model_starter.launchers.v2 import V2Launcher
 from model_starter.logfile import LogFile
 from model_starter.policy import Holder, choose_victims
+from model_starter.protocol import parse_activity_datagram
 from model_starter.supervisor import Event, ModelSupervisor, State
 
 __all__ = ["ModelPool"]
@@ -65,12 +66,12 @@ class ModelPool:
         if server.command and any(m.launcher == "v2" for m in self.config.models.values()):
             # The inference server is supervised like a model (single-flight start, crash
             # detection, adoption, stop at shutdown), but it is no model of its own.
-            spec = ModelSpec(name="_inference", command=server.command, host=server.host,
-                             port=server.port, health=server.health,
-                             startup_timeout=server.startup_timeout,
-                             stop_timeout=server.stop_timeout, env=server.env, idle_timeout=0,
-                             requires={})
-            self.inference_server = ModelSupervisor(spec, self._launcher(spec), health)
+            own = ProcessSpec(name="_inference", command=server.command, host=server.host,
+                              port=server.port, health=server.health,
+                              startup_timeout=server.startup_timeout,
+                              stop_timeout=server.stop_timeout, env=server.env, idle_timeout=0,
+                              requires={})
+            self.inference_server = ModelSupervisor(own, self._launcher(own), health)
             self.inference_server.listeners.append(self._emit)
             await self.inference_server.adopt()
         for spec in self.config.models.values():
@@ -90,7 +91,7 @@ class ModelPool:
                               self.config.release_grace, self._clock)
         sup.listeners.append(self._emit)
         self.models[spec.name] = sup
-        if spec.launcher == "v2":
+        if isinstance(spec, V2Spec):
             self._v2_names[spec.v2_name or spec.name] = sup
         return sup
 
@@ -156,11 +157,12 @@ class ModelPool:
             listener(event)
 
     def _launcher(self, spec: ModelSpec) -> Launcher:
-        if spec.launcher == "command":
+        if isinstance(spec, CommandSpec):
             return CommandLauncher(spec)
-        if spec.launcher == "v2":
+        if isinstance(spec, V2Spec):
             assert self._session is not None
             return V2Launcher(spec, self.config.inference, self._session, self.inference_server)
+        assert isinstance(spec, ProcessSpec)
         logfile = LogFile(Path(self.config.log_dir) / f"{spec.name}.log", self.config.log_max_bytes)
         return ProcessLauncher(spec, logfile, Path(self.config.state_dir))
 
@@ -303,12 +305,9 @@ class _ActivityLog(asyncio.DatagramProtocol):
         self.pool = pool
 
     def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
-        text = data.decode("utf-8", "replace")
-        marker = text.find("/v2/models/")
-        if marker >= 0:
-            words = text[marker + len("/v2/models/"):].split("/", 1)[0].split()
-            if words:
-                self.pool.request_finished(words[0])
+        name = parse_activity_datagram(data)
+        if name is not None:
+            self.pool.request_finished(name)
 
 
 def _keep_process_settings(new: Config, old: Config) -> Config:

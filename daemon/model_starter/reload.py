@@ -1,7 +1,14 @@
-"""Live reload: validate the file first; a bad config leaves the daemon as it was."""
+"""Live reload: validate the file first; a bad config leaves the daemon as it was.
+
+One reload runs at a time (a SIGHUP and ``POST /_ms/reload`` queue behind each other on one
+lock, so they can neither interleave nor race on the include's temp file), and the nginx
+``reload_command`` is bounded by ``RELOAD_COMMAND_TIMEOUT``: a command that hangs is killed
+and the reload reports it as failed, so systemd never stays in RELOADING.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import time
@@ -14,52 +21,74 @@ from model_starter.nginx import render
 from model_starter.notify import notify
 from model_starter.pool import ModelPool
 
-__all__ = ["reload_config"]
+__all__ = ["RELOAD_COMMAND_TIMEOUT", "Reloader"]
 
 log = logging.getLogger("model_starter.reload")
 
+# How long nginx's reload command may take (`nginx -s reload` returns at once). A module
+# constant, not a config key (yet): the config schema is owned elsewhere.
+RELOAD_COMMAND_TIMEOUT = 30.0
 
-async def reload_config(pool: ModelPool, path: str) -> dict[str, Any]:
-    """Re-read `path`; apply it if valid. Returns what happened (for the admin API)."""
-    notify(f"RELOADING=1\nMONOTONIC_USEC={time.monotonic_ns() // 1000}")
-    try:
+
+class Reloader:
+    """Re-reads the config file into the pool, one reload at a time."""
+
+    def __init__(self, pool: ModelPool, path: str) -> None:
+        self.pool = pool
+        self.path = path
+        self._lock = asyncio.Lock()
+
+    async def reload(self) -> dict[str, Any]:
+        """Re-read the file; apply it if valid. Returns what happened (for the admin API).
+
+        A reload asked for while one runs waits for it, then reads the file afresh."""
+        async with self._lock:
+            notify(f"RELOADING=1\nMONOTONIC_USEC={time.monotonic_ns() // 1000}")
+            try:
+                return await self._reload()
+            finally:
+                notify("READY=1")
+
+    async def _reload(self) -> dict[str, Any]:
         try:
-            config = load_config(path)
+            config = load_config(self.path)
         except ConfigError as exc:
             for problem in exc.problems:
                 log.error("reload refused, keeping the running config: %s", problem)
             return {"ok": False, "problems": exc.problems}
-        summary: dict[str, Any] = {"ok": True, **await pool.reload(config)}
+        summary: dict[str, Any] = {"ok": True, **await self.pool.reload(config)}
         if config.nginx.write_to:
-            summary["nginx"] = await _update_nginx(pool, config.nginx.write_to)
+            summary["nginx"] = await self._update_nginx(config.nginx.write_to)
         return summary
-    finally:
-        notify("READY=1")
 
-
-async def _update_nginx(pool: ModelPool, target: str) -> str:
-    """Write the regenerated include atomically, then run the configured reload command."""
-    config = pool.config
-    text = render(config)
-    dest = Path(target)
-    try:
-        if dest.exists() and dest.read_text() == text:
-            return "unchanged"
-        tmp = dest.with_name(f".{dest.name}.tmp")
-        tmp.write_text(text)
-        os.replace(tmp, dest)
-    except OSError as exc:
-        log.error("cannot write the nginx include %s: %s", dest, exc)
-        return f"write failed: {exc}"
-    if not config.nginx.reload_command:
-        return "written"
-    try:
-        status, out = await run_command(config.nginx.reload_command, timeout=None)
-    except OSError as exc:
-        log.error("cannot run the nginx reload command: %s", exc)
-        return f"reload failed: {exc}"
-    if status:
-        message = out.strip()
-        log.error("nginx reload command exited %s: %s", status, message)
-        return f"reload failed ({status}): {message}"
-    return "written and reloaded"
+    async def _update_nginx(self, target: str) -> str:
+        """Write the regenerated include atomically, then run the configured reload command."""
+        config = self.pool.config
+        text = render(config)
+        dest = Path(target)
+        try:
+            if dest.exists() and dest.read_text() == text:
+                return "unchanged"
+            tmp = dest.with_name(f".{dest.name}.tmp")
+            tmp.write_text(text)
+            os.replace(tmp, dest)
+        except OSError as exc:
+            log.error("cannot write the nginx include %s: %s", dest, exc)
+            return f"write failed: {exc}"
+        if not config.nginx.reload_command:
+            return "written"
+        try:
+            status, out = await run_command(config.nginx.reload_command,
+                                            timeout=RELOAD_COMMAND_TIMEOUT)
+        except TimeoutError:  # an OSError too: first
+            log.error("the nginx reload command did not finish within %gs; killed it",
+                      RELOAD_COMMAND_TIMEOUT)
+            return f"reload failed: timed out after {RELOAD_COMMAND_TIMEOUT:g}s"
+        except OSError as exc:
+            log.error("cannot run the nginx reload command: %s", exc)
+            return f"reload failed: {exc}"
+        if status:
+            message = out.strip()
+            log.error("nginx reload command exited %s: %s", status, message)
+            return f"reload failed ({status}): {message}"
+        return "written and reloaded"

@@ -7,10 +7,10 @@ from typing import Any
 from sanic import HTTPResponse
 from sanic import json as json_response
 
-__all__ = ["ANSWER_HEADER", "error_response"]
+from model_starter.launchers import StartError
+from model_starter.protocol import ANSWER_HEADER, STATUS_UNAVAILABLE
 
-# Says which answer this is; the generated nginx config tests it (e.g. `not_replayed`).
-ANSWER_HEADER = "X-Model-Starter"
+__all__ = ["error_response", "start_error_response"]
 
 
 def error_response(
@@ -21,3 +21,10 @@ def error_response(
     if retry_after is not None:
         out["Retry-After"] = str(retry_after)
     return json_response({"error": error, "detail": detail, **extra}, status=status, headers=out)
+
+
+def start_error_response(exc: StartError, model: str) -> HTTPResponse:
+    """503: the model could not be made ready (the start path and the admin start agree)."""
+    return error_response(STATUS_UNAVAILABLE, exc.reason, exc.detail,
+                          retry_after=exc.retry_after, model=model,
+                          exit_status=exc.exit_status, log_tail=exc.log_tail)

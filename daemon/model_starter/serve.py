@@ -19,17 +19,17 @@ def serve(
     log_format: str = "text",
 ) -> int:
     setup_logging(log_level, log_format)
-    from model_starter.app import EARLY_RELOAD, create_app
+    from model_starter.app import create_app
+    from model_starter.daemon import Daemon
 
-    # A reload asked for before we are ready must not kill us (SIGHUP's default action);
-    # it is recorded and carried out once the daemon runs. A handler, not SIG_IGN: an
-    # ignored signal would be inherited by every model we start.
-    signal.signal(signal.SIGHUP, lambda *_: EARLY_RELOAD.append(True))
+    daemon = Daemon(config, config_path)
+    # A reload asked for before we are ready is recorded, not fatal (see Daemon).
+    signal.signal(signal.SIGHUP, daemon.record_reload)
     host, port = config.listen_host, config.listen_port
     if listen:
         host, _, p = listen.rpartition(":")
         host, port = host.strip("[]"), int(p)
-    app = create_app(config, config_path)
+    app = create_app(config, config_path, daemon=daemon)
     logging.getLogger("model_starter").info(
         "serving %d model(s) on %s:%d: %s", len(config.models), host, port, ", ".join(config.models)
     )

@@ -13,7 +13,7 @@ import logging
 import os
 
 from model_starter.commands import run_command
-from model_starter.config import ModelSpec
+from model_starter.config import CommandSpec
 from model_starter.launchers.base import StartError
 from model_starter.launchers.process import model_environment
 
@@ -28,8 +28,7 @@ class CommandLauncher:
     kind = "command"
     owns_process = False
 
-    def __init__(self, spec: ModelSpec) -> None:
-        assert spec.start is not None and spec.stop is not None
+    def __init__(self, spec: CommandSpec) -> None:
         self.spec = spec
         self._output: collections.deque[str] = collections.deque(maxlen=OUTPUT_LINES)
         self._running = False
@@ -68,7 +67,6 @@ class CommandLauncher:
         return status, lines
 
     async def start(self) -> None:
-        assert self.spec.start is not None
         status, lines = await self._run("start", self.spec.start, self.spec.startup_timeout)
         if status != 0:
             raise StartError(
@@ -79,7 +77,6 @@ class CommandLauncher:
         self._running = True
 
     async def stop(self) -> None:
-        assert self.spec.stop is not None
         try:
             status, lines = await self._run("stop", self.spec.stop, self.spec.stop_timeout)
         except StartError as exc:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from model_starter.commands import run_command
-from model_starter.config import ModelSpec
+from model_starter.config import ProcessSpec
 from model_starter.launchers.base import StartError
 from model_starter.logfile import LogFile
 from model_starter.netstat import listening_inodes, pids_holding
@@ -76,7 +76,7 @@ class ProcessLauncher:
     kind = "process"
     owns_process = True
 
-    def __init__(self, spec: ModelSpec, logfile: LogFile, state_dir: Path) -> None:
+    def __init__(self, spec: ProcessSpec, logfile: LogFile, state_dir: Path) -> None:
         self.spec = spec
         self.logfile = logfile
         self.state_file = state_dir / f"{spec.name}.json"
@@ -228,7 +228,7 @@ class ProcessLauncher:
             return
         spec = self.spec
         if spec.stop_command:
-            await self._run_stop_command(pid)
+            await self._run_stop_command(pid, spec.stop_command)
         else:
             _killpg(pid, spec.stop_signal)
         try:
@@ -239,12 +239,11 @@ class ProcessLauncher:
             _killpg(pid, signal.SIGKILL)
             await asyncio.shield(exited)
 
-    async def _run_stop_command(self, pid: int) -> None:
-        assert self.spec.stop_command is not None
+    async def _run_stop_command(self, pid: int, argv: tuple[str, ...]) -> None:
         env = model_environment(self.spec.env, os.environ)
         env.update(MODEL_STARTER_PID=str(pid), MODEL_STARTER_MODEL=self.spec.name)
         try:
-            status, out = await run_command(self.spec.stop_command, self.spec.stop_timeout, env)
+            status, out = await run_command(argv, self.spec.stop_timeout, env)
         except (OSError, TimeoutError) as exc:
             log.warning("model=%s stop_command failed (%s); sending %s", self.spec.name,
                         str(exc) or type(exc).__name__, signal.Signals(self.spec.stop_signal).name)

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 import aiohttp
 
-from model_starter.config import InferenceServer, ModelSpec
+from model_starter.config import InferenceServer, V2Spec
 from model_starter.launchers.base import StartError
 
 if TYPE_CHECKING:
@@ -49,7 +49,7 @@ class V2Launcher:
 
     def __init__(
         self,
-        spec: ModelSpec,
+        spec: V2Spec,
         server: InferenceServer,
         session: aiohttp.ClientSession,
         server_supervisor: ModelSupervisor | None = None,

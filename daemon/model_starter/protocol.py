@@ -1,0 +1,141 @@
+"""The nginx <-> daemon protocol, defined once.
+
+The generated nginx config (``nginx.py``) writes these headers, modes and log lines; the
+daemon (``app.py``, ``admin.py``, the activity monitor) reads them; the CLI uses the admin
+paths. Change a name here and every side changes with it.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Final, Literal
+
+__all__ = [
+    "ACTIVITY_LOG_FORMAT",
+    "ACTIVITY_LOG_TAG",
+    "ADMIN_PREFIX",
+    "ANSWER_HEADER",
+    "ANSWER_NOT_REPLAYED",
+    "ANSWER_READY",
+    "DAEMON_DOWN_RETRY_AFTER",
+    "ERROR_MODEL_UNAVAILABLE",
+    "ERROR_NOT_REPLAYED",
+    "ERROR_STARTER_UNAVAILABLE",
+    "ERROR_UNKNOWN_MODEL",
+    "HOLD_MARGIN_SECONDS",
+    "MODEL_HEADER",
+    "MODE_AUTH",
+    "MODE_HEADER",
+    "MODE_RETRY",
+    "PROXIED_HEADERS",
+    "SENT_HEADER",
+    "STATUS_HEADER",
+    "STATUS_NOT_REPLAYED",
+    "STATUS_READY",
+    "STATUS_REPLAY",
+    "STATUS_UNAVAILABLE",
+    "STATUS_UNKNOWN_MODEL",
+    "V2_NOT_LOADED_STATUSES",
+    "VIA_HEADER",
+    "VIA_NGINX",
+    "AdminPath",
+    "Answer",
+    "Mode",
+    "admin_path",
+    "first_upstream_status",
+    "parse_activity_datagram",
+    "request_reached_model",
+]
+
+# -- request headers nginx sets towards the daemon ------------------------------------------
+
+MODEL_HEADER: Final = "X-Model-Starter-Model"  # which model the request is for
+MODE_HEADER: Final = "X-Model-Starter-Mode"  # how to answer (see Mode)
+SENT_HEADER: Final = "X-Model-Starter-Upstream-Sent"  # nginx's $upstream_bytes_sent
+STATUS_HEADER: Final = "X-Model-Starter-Upstream-Status"  # nginx's $upstream_status
+VIA_HEADER: Final = "X-Model-Starter-Via"  # set on the catch-all location: proxied, not local
+VIA_NGINX: Final = "nginx"  # its value (the daemon only tests that it is present)
+# A request carrying either came through nginx: the admin API refuses it.
+PROXIED_HEADERS: Final = (VIA_HEADER, MODEL_HEADER)
+
+Mode = Literal["retry", "auth"]
+"""``retry``: the error_page start path (504 = ready, replay); ``auth``: auth_request (204)."""
+MODE_RETRY: Final[Mode] = "retry"
+MODE_AUTH: Final[Mode] = "auth"
+
+# -- response header the daemon sets; the generated config tests it -------------------------
+
+ANSWER_HEADER: Final = "X-Model-Starter"
+Answer = Literal["ready", "not_replayed"]
+ANSWER_READY: Final[Answer] = "ready"
+ANSWER_NOT_REPLAYED: Final[Answer] = "not_replayed"
+
+# -- status codes of the daemon's answers on the start path; the generated config routes them --
+
+STATUS_READY: Final = 204  # ready, nothing to replay (auth_request, or a seed call)
+STATUS_REPLAY: Final = 504  # ready now: nginx replays the original request once
+STATUS_NOT_REPLAYED: Final = 502  # the request had reached the model, which failed
+STATUS_UNKNOWN_MODEL: Final = 404
+STATUS_UNAVAILABLE: Final = 503  # start failed or timed out, or the daemon shuts down
+# The KServe V2 server answers these for a model it has not loaded (400 while loading):
+# nginx sends them to the start path, and a replay after them is safe.
+V2_NOT_LOADED_STATUSES: Final = (400, 404)
+# The daemon may hold a request for a whole start; nginx waits this much longer for it.
+HOLD_MARGIN_SECONDS: Final = 30
+# What a client is told to wait when the daemon is not reachable.
+DAEMON_DOWN_RETRY_AFTER: Final = 5
+
+# -- error kinds: the `error` field of a JSON answer (also in ANSWER_HEADER on the daemon's) --
+
+ERROR_UNKNOWN_MODEL: Final = "unknown_model"
+ERROR_NOT_REPLAYED: Final = ANSWER_NOT_REPLAYED
+ERROR_STARTER_UNAVAILABLE: Final = "starter_unavailable"  # nginx's own: no daemon answer
+ERROR_MODEL_UNAVAILABLE: Final = "model_unavailable"  # nginx's own: the replay failed too
+
+# -- the activity feed: nginx logs each finished V2 request to the daemon over syslog/UDP ---
+
+ACTIVITY_LOG_TAG: Final = "model_starter"
+ACTIVITY_LOG_FORMAT: Final = "$uri"
+_V2_PATH: Final = "/v2/models/"
+
+# -- the admin API ------------------------------------------------------------------------------
+
+# Model names start with an alphanumeric, so this prefix can never be a model.
+ADMIN_PREFIX: Final = "/_ms"
+AdminPath = Literal["status", "reload", "metrics", "events", "start", "stop", "logs"]
+
+_NUMBER = re.compile(r"\d+")
+
+
+def admin_path(what: AdminPath, model: str | None = None) -> str:
+    """The URL path of an admin call; ``start``/``stop``/``logs`` need the model."""
+    if what in ("start", "stop", "logs"):
+        if model is None:
+            raise ValueError(f"admin {what} needs a model name")
+        if what == "logs":
+            return f"{ADMIN_PREFIX}/logs/{model}"
+        return f"{ADMIN_PREFIX}/models/{model}/{what}"
+    return f"{ADMIN_PREFIX}/{what}"
+
+
+def request_reached_model(upstream_bytes_sent: str | None) -> bool:
+    """nginx's $upstream_bytes_sent: 0 means the connection was refused (nothing ran)."""
+    return upstream_bytes_sent is not None and any(
+        int(n) > 0 for n in _NUMBER.findall(upstream_bytes_sent)
+    )
+
+
+def first_upstream_status(upstream_status: str | None) -> int | None:
+    """The status of nginx's first attempt, from $upstream_status (``"404, 200"`` -> 404)."""
+    first = _NUMBER.search(upstream_status or "")
+    return None if first is None else int(first.group())
+
+
+def parse_activity_datagram(data: bytes) -> str | None:
+    """The V2 model name in a syslog line ``<190>... model_starter: /v2/models/NAME/infer``."""
+    text = data.decode("utf-8", "replace")
+    marker = text.find(_V2_PATH)
+    if marker < 0:
+        return None
+    words = text[marker + len(_V2_PATH):].split("/", 1)[0].split()
+    return words[0] if words else None

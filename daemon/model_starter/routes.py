@@ -1,0 +1,116 @@
+"""The start path nginx falls back to: module-level handlers reading ``request.app.ctx``.
+
+Answers on the seed route ``ANY /<model>/<path>``:
+
+==========================  =====================================================
+504                         ready now: nginx replays the original request
+204                         ready and nothing had to be done (seed / auth_request)
+404 (JSON)                  not a configured model
+502 (JSON)                  the request had reached the model, which failed; a
+                            POST/PATCH is not replayed
+503 (JSON, Retry-After)     start failed, timed out, or the daemon shuts down
+==========================  =====================================================
+
+With ``X-Model-Starter-Mode: retry`` (set by the generated nginx config) a ready
+model always gets 504, also when it was already running; without it the seed's
+literal codes apply: 204 when it was running, 504 when it had to be started.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from sanic import HTTPResponse, Request
+from sanic import json as json_response
+from sanic.exceptions import SanicException
+
+from model_starter.launchers import StartError
+from model_starter.protocol import (
+    ANSWER_HEADER,
+    ANSWER_READY,
+    DAEMON_DOWN_RETRY_AFTER,
+    ERROR_NOT_REPLAYED,
+    ERROR_UNKNOWN_MODEL,
+    MODE_AUTH,
+    MODE_HEADER,
+    MODE_RETRY,
+    MODEL_HEADER,
+    SENT_HEADER,
+    STATUS_HEADER,
+    STATUS_NOT_REPLAYED,
+    STATUS_READY,
+    STATUS_REPLAY,
+    STATUS_UNAVAILABLE,
+    STATUS_UNKNOWN_MODEL,
+    V2_NOT_LOADED_STATUSES,
+    first_upstream_status,
+    request_reached_model,
+)
+from model_starter.responses import error_response, start_error_response
+from model_starter.supervisor import ModelSupervisor
+
+__all__ = ["METHODS", "model_route", "on_error"]
+
+log = logging.getLogger("model_starter.app")
+
+METHODS = ["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"]
+NOT_REPLAYABLE = frozenset({"POST", "PATCH"})
+
+
+def replay_safe(sup: ModelSupervisor, upstream_status: str | None) -> bool:
+    """Is a replay safe although the request reached the upstream? A V2 server's 404/400 on
+    the first attempt means "not loaded": nothing ran."""
+    return (sup.spec.launcher == "v2"
+            and first_upstream_status(upstream_status) in V2_NOT_LOADED_STATUSES)
+
+
+async def model_route(request: Request, model: str, rest: str = "") -> HTTPResponse:
+    ctx = request.app.ctx
+    name = request.headers.get(MODEL_HEADER) or model
+    sup = ctx.pool.get(name)
+    if sup is None:
+        return error_response(STATUS_UNKNOWN_MODEL, ERROR_UNKNOWN_MODEL,
+                              f"no model named {name!r} is configured", model=name)
+    mode = request.headers.get(MODE_HEADER, "")
+    reached = (request_reached_model(request.headers.get(SENT_HEADER))
+               and not replay_safe(sup, request.headers.get(STATUS_HEADER)))
+    if reached and request.method in NOT_REPLAYABLE:
+        log.warning("model=%s %s reached the model and failed; not replayed",
+                    name, request.method)
+        return error_response(
+            STATUS_NOT_REPLAYED, ERROR_NOT_REPLAYED,
+            f"the {request.method} request reached model '{name}', which failed or closed "
+            "the connection before answering; it is not sent again because it may have "
+            "taken effect",
+            model=name, log_tail=sup.launcher.tail(20),
+        )
+    if reached or mode == MODE_RETRY:
+        # nginx failed to get an answer from a model we may think is ready.
+        await sup.recheck()
+    t0 = time.monotonic()
+    try:
+        already = await sup.ensure_ready()
+        if not already:
+            ctx.metrics.observe_wait(name, time.monotonic() - t0)
+    except StartError as exc:
+        return start_error_response(exc, name)
+    ready: dict[str, str] = {ANSWER_HEADER: ANSWER_READY}
+    if mode == MODE_AUTH:
+        return HTTPResponse(status=STATUS_READY, headers=ready)
+    if mode == MODE_RETRY or not already:
+        return json_response({"model": name, "state": "ready", "retry": True},
+                             status=STATUS_REPLAY, headers=ready)
+    return HTTPResponse(status=STATUS_READY, headers=ready)
+
+
+async def on_error(request: Request, exc: Exception) -> HTTPResponse:
+    """Every error is a JSON answer, never a bare 500 or a traceback."""
+    if isinstance(exc, SanicException):
+        status = exc.status_code
+        kind = "not_found" if status == 404 else "bad_request"
+        return error_response(status, kind, str(exc))
+    log.exception("unexpected error on %s %s", request.method, request.path)
+    return error_response(STATUS_UNAVAILABLE, "internal_error",
+                          "model-starter hit an internal error; see its log",
+                          retry_after=DAEMON_DOWN_RETRY_AFTER)

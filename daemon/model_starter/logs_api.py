@@ -5,7 +5,7 @@
     ?follow=1       SSE: `event: lines` with the tail, then each batch of new lines;
                     `event: rotated` when the model restarted (a fresh file); `event: end`
                     when the follow's lifetime is over or the daemon stops
-    ?seconds=S      a shorter lifetime for this follow (capped at FOLLOW_MAX_SECONDS)
+    ?seconds=S      a shorter lifetime for this follow (capped at the longest lifetime)
 
 Bounded: at most `FollowLimits.max_followers` follows at once (the next one gets 429), each
 lives at most `FollowLimits.max_seconds`. The file is read in bounded chunks, never whole.
@@ -30,6 +30,7 @@ from sanic.response import text as text_response
 from model_starter.launchers.process import ProcessLauncher
 from model_starter.launchers.v2 import V2Launcher
 from model_starter.pool import ModelPool
+from model_starter.protocol import ERROR_UNKNOWN_MODEL
 from model_starter.responses import error_response
 from model_starter.supervisor import ModelSupervisor
 
@@ -161,7 +162,7 @@ def install_logs(bp: Blueprint, limits: FollowLimits | None = None) -> None:
         lim = follows.limits
         sup = _find(request.app.ctx.pool, name)
         if sup is None:
-            return error_response(404, "unknown_model", f"no model named {name!r} is configured",
+            return error_response(404, ERROR_UNKNOWN_MODEL, f"no model named {name!r} is configured",
                                   model=name)
         try:
             count = int(request.args.get("lines", DEFAULT_LINES))

@@ -32,7 +32,7 @@ from model_starter.launchers.v2 import V2Launcher
 from model_starter.pool import ModelPool
 from model_starter.protocol import ERROR_UNKNOWN_MODEL
 from model_starter.responses import error_response
-from model_starter.supervisor import ModelSupervisor
+from model_starter.supervisor import Event, ModelSupervisor
 
 __all__ = ["FollowLimits", "install_logs", "log_path", "read_tail"]
 
@@ -131,11 +131,10 @@ def _sse(event: str, data: dict[str, Any]) -> str:
 
 @dataclass
 class Follows:
-    """The follows open in one daemon, and whether it is stopping (ends them all)."""
+    """The follows open in one daemon."""
 
     limits: FollowLimits
     open: set[asyncio.Task[Any]] = field(default_factory=set)
-    stopping: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 def _find(pool: ModelPool, name: str) -> ModelSupervisor | None:
@@ -148,17 +147,15 @@ def _find(pool: ModelPool, name: str) -> ModelSupervisor | None:
 def install_logs(bp: Blueprint, limits: FollowLimits | None = None) -> None:
     """Register `GET <bp prefix>/logs/<name>` on the (admin) blueprint."""
 
-    @bp.before_server_start
-    async def _follows(app: Sanic[Any, Any]) -> None:
-        app.ctx.log_follows = Follows(limits or FollowLimits())
-
-    @bp.before_server_stop
-    async def _stop_follows(app: Sanic[Any, Any]) -> None:
-        app.ctx.log_follows.stopping.set()
+    def follows_of(app: Sanic[Any, Any]) -> Follows:
+        follows: Follows | None = getattr(app.ctx, "log_follows", None)
+        if follows is None:
+            follows = app.ctx.log_follows = Follows(limits or FollowLimits())
+        return follows
 
     @bp.get("/logs/<name>")
     async def logs(request: Request, name: str) -> HTTPResponse | None:
-        follows: Follows = request.app.ctx.log_follows
+        follows = follows_of(request.app)
         lim = follows.limits
         sup = _find(request.app.ctx.pool, name)
         if sup is None:
@@ -212,7 +209,12 @@ async def _tail_response(request: Request, name: str, sup: ModelSupervisor, path
 
 async def _follow(request: Request, name: str, path: Path, count: int, seconds: float,
                   follows: Follows) -> None:
-    stopping = follows.stopping
+    with request.app.ctx.hub.subscribe() as events:  # to end at once when the daemon stops
+        await _stream(request, name, path, count, seconds, follows.limits, events)
+
+
+async def _stream(request: Request, name: str, path: Path, count: int, seconds: float,
+                  lim: FollowLimits, events: asyncio.Queue[Event]) -> None:
     response = await request.respond(
         content_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
@@ -223,9 +225,6 @@ async def _follow(request: Request, name: str, path: Path, count: int, seconds: 
     t0 = last_sent = time.monotonic()
     reason = "lifetime"
     while (now := time.monotonic()) - t0 < seconds:
-        if stopping.is_set():
-            reason = "shutdown"
-            break
         lines, rotated = follower.read_new()
         if rotated:
             await response.send(_sse("rotated", {"model": name}))
@@ -236,8 +235,10 @@ async def _follow(request: Request, name: str, path: Path, count: int, seconds: 
             await response.send(": keepalive\n\n")
             last_sent = now
         # The next look at the file, or at once when the daemon stops.
-        wait = min(follows.limits.poll_seconds, max(0.0, seconds - (time.monotonic() - t0)))
+        wait = min(lim.poll_seconds, max(0.0, seconds - (time.monotonic() - t0)))
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stopping.wait(), wait)
+            if (await asyncio.wait_for(events.get(), wait))["event"] == "shutdown":
+                reason = "shutdown"
+                break
     await response.send(_sse("end", {"model": name, "reason": reason}))
     await response.eof()

@@ -12,6 +12,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from model_starter.cli_logs import add_logs_arguments, logs_command
 from model_starter.config import Config, ConfigError, load_config
 from model_starter.protocol import admin_path
 
@@ -50,6 +51,7 @@ def _parser() -> argparse.ArgumentParser:
     doc = cmd("doctor", "what concurrency the running nginx and daemon allow; how to raise it")
     doc.add_argument("--target", type=int, default=1000, help="concurrent clients to allow")
     doc.add_argument("--nginx-conf", help="nginx.conf to read (default: nginx's own)")
+    add_logs_arguments(cmd("logs", "print a model's log from the running daemon (-f follows it)"))
     return p
 
 
@@ -118,6 +120,8 @@ def _doctor(config: Config, target: int, nginx_conf: str | None) -> int:
 def _client(config: Config, args: argparse.Namespace) -> int:
     base = f"http://{_connect_host(config.listen_host)}:{config.listen_port}"
     token = config.admin_token
+    if args.cmd == "logs":
+        return logs_command(base, token, args, config.listen)
     if args.cmd == "status":
         code, body = _call("GET", base + admin_path("status"), token)
     elif args.cmd == "reload":

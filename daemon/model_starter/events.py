@@ -22,7 +22,10 @@ __all__ = [
     "Event",
     "EventHub",
     "FailureReason",
+    "HookFailed",
     "InvalidTransition",
+    "KvRestored",
+    "KvSaved",
     "Listener",
     "Reloaded",
     "Shutdown",
@@ -204,7 +207,41 @@ class Shutdown(_Event):
     model: str = ""
 
 
-Event = StateChanged | Started | StartFailed | Stopped | Adopted | Status | Reloaded | Shutdown
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class _KvReport(_Event):
+    """A KV-cache save or restore (see kvcache.py): its files and what it removed."""
+
+    ok: bool
+    detail: str
+    key: str | None
+    files: tuple[str, ...] = ()
+    removed: tuple[str, ...] = ()
+    seconds: float = 0.0
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class KvSaved(_KvReport):
+    kind: ClassVar[str] = "kv_save"
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class KvRestored(_KvReport):
+    kind: ClassVar[str] = "kv_restore"
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class HookFailed(_Event):
+    """A lifecycle hook action that failed (the start or stop went on)."""
+
+    kind: ClassVar[str] = "hook_failed"
+    phase: str
+    action: str
+    detail: str
+    seconds: float
+
+
+Event = (StateChanged | Started | StartFailed | Stopped | Adopted | Status | Reloaded | Shutdown
+         | KvSaved | KvRestored | HookFailed)
 Listener = Callable[[Event], None]
 
 

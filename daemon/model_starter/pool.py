@@ -28,6 +28,7 @@ from model_starter.inference import InferenceServerProcess
 from model_starter.launchers import Launcher, ProcessLauncher, StartError
 from model_starter.launchers.command import CommandLauncher
 from model_starter.launchers.v2 import ServerCalls, V2Launcher
+from model_starter.lifecycle import lifecycle_for
 from model_starter.logfile import LogFile
 from model_starter.monitor import ActivityMonitor
 from model_starter.reloader import Reloader
@@ -102,9 +103,10 @@ class ModelPool:
         return task
 
     def _add(self, spec: ModelSpec) -> ModelSupervisor:
-        assert self._health is not None
+        assert self._health is not None and self._session is not None
         sup = ModelSupervisor(spec, self._launcher(spec), self._health,
                               self.admission.make_room, self.config.release_grace, self._clock)
+        sup.lifecycle = lifecycle_for(spec, self.config.state_dir, self._session)
         sup.listeners.append(self._emit)
         self.models[spec.name] = sup
         return sup

@@ -1,9 +1,8 @@
 """One owner per model: every state change of a model is decided here.
 
-Requests never check-then-act on a model's state. They call `ensure_ready()`,
-which joins whatever transition is under way (single flight) or begins one;
-stops go through `stop()` / `try_stop()`. All run on the event loop with no await
-between reading the state and claiming the transition, so no two callers can
+Requests never check-then-act on a model's state. They call `ensure_ready()`, which joins whatever
+transition is under way (single flight) or begins one; stops go through `stop()` / `try_stop()`. All run on
+the event loop with no await between reading the state and claiming the transition, so no two callers can
 decide differently (llama-swap's TTL-vs-request deadlock came from deciding outside).
 """
 
@@ -33,6 +32,7 @@ from model_starter.events import (
 from model_starter.health import TAIL_LINES, Health, start_until_healthy
 from model_starter.history import History
 from model_starter.launchers import Launcher, StartError
+from model_starter.lifecycle import NOTHING, Lifecycle
 from model_starter.policy import retry_after
 from model_starter.usage import Usage
 
@@ -56,6 +56,7 @@ class ModelSupervisor:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.spec = spec
+        self.lifecycle: Lifecycle = NOTHING  # the pool's: hooks, KV cache (healthy, before a stop)
         self.launcher = launcher
         self.health = health
         self._before_start = before_start
@@ -233,6 +234,7 @@ class ModelSupervisor:
             await start_until_healthy(self.launcher, self.health, f"model '{spec.name}'",
                                       spec.host, spec.port, spec.health, spec.startup_timeout,
                                       t0 + spec.startup_timeout)
+            await self.lifecycle.after_ready(self)  # healthy; then held requests are released
         except StartError as exc:
             if exc.reason is not FailureReason.EXITED:  # else there is nothing left to stop
                 await asyncio.shield(self.launcher.stop())
@@ -244,8 +246,7 @@ class ModelSupervisor:
         except Exception as exc:  # a bug must still reach every waiter as a clear error
             log.exception("model=%s unexpected error while starting", spec.name)
             await asyncio.shield(self.launcher.stop())
-            self._fail(StartError(FailureReason.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}"),
-                       t0)
+            self._fail(StartError(FailureReason.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}"), t0)
         seconds = self._clock() - t0
         self.history.started(seconds)
         self._became_ready()
@@ -273,9 +274,8 @@ class ModelSupervisor:
     def _notice_exit(self) -> None:
         """Record a crash if the ready model's process has ended (idempotent, synchronous).
 
-        Called from the exit future's callback and before every decision, so a request
-        never sees "ready" for a process whose exit is already known.
-        """
+        Called from the exit future's callback and before every decision, so a request never sees "ready" for
+        a process whose exit is already known."""
         exited = self.launcher.exited
         if self._state is State.READY and exited is not None and exited.done():
             status = exited.result()
@@ -320,6 +320,7 @@ class ModelSupervisor:
 
     async def _stop(self, reason: StopReason) -> None:
         try:
+            await self.lifecycle.before_stop(self, reason)  # a crash never comes here
             await self.launcher.stop()
         finally:
             self.emit(Stopped(model=self.spec.name, reason=reason))
@@ -344,11 +345,10 @@ class ModelSupervisor:
     async def recheck(self, grace: float = 1.0) -> None:
         """nginx could not get an answer from this model although we think it is ready.
 
-        With a process of our own, wait (bounded) for its exit: a probe is racy, a dying
-        process can still accept for an instant. Without one (command and V2 launchers)
-        the health URL decides: a model that does not answer it is gone and is started
-        again (a V2 model that someone unloaded, a container that died).
-        """
+        With a process of our own, wait (bounded) for its exit: a probe is racy, a dying process can still
+        accept for an instant. Without one (command and V2 launchers) the health URL decides: a model that
+        does not answer it is gone and is started again (a V2 model that someone unloaded, a container that
+        died)."""
         if self._state is not State.READY:
             return
         exited = self.launcher.exited
@@ -396,4 +396,5 @@ class ModelSupervisor:
             "pinned": self.spec.pinned,
             "requires": dict(self.spec.requires),
             "log_error": self.launcher.log_error,
+            "lifecycle": self.lifecycle.status(),
         }

@@ -30,6 +30,7 @@ from model_starter.config.schema import (
     path_keys,
     required_keys,
 )
+from model_starter.lifecycle_spec import KV_DIR_ENV, kv_active_dir
 
 
 class ConfigError(Exception):
@@ -48,7 +49,7 @@ def _relative(values: dict[str, Any], cls: type, base: Path) -> dict[str, Any]:
 def _models(
     ctx: Ctx, node: Node, base: Path, defaults: Mapping[str, Any],
     resources: Mapping[str, float] | None, inference: InferenceServer,
-    reserved: tuple[str, ...] = (),
+    reserved: tuple[str, ...] = (), state_dir: str = ".",
 ) -> dict[str, ModelSpec]:
     items = mapping(ctx, node, "models")
     if items is None:
@@ -83,6 +84,8 @@ def _models(
             values.update(host=inference.host, port=inference.port,
                           health=f"/v2/models/{v2}/ready")
         values = _relative({**defaults, **values}, cls, base)
+        if values.get("kv_cache") is not None:  # where the engine saves its slots
+            values["env"] = {**values.get("env", {}), KV_DIR_ENV: kv_active_dir(state_dir, name)}
         if "requires" in values:
             _check_requires(ctx, knode, where, values["requires"], resources)
         elif resources is not None:
@@ -194,14 +197,15 @@ def parse_config(
     resources = top.get("resources")
     server = _inference(ctx, dict(top.get("inference_server") or {}), env)
     reserved = ("v2",) if nginx.openai == "false" else ("v1", "v2")
-    models = (_models(ctx, top["models"], base, defaults, resources, server, reserved)
+    state_default = env.get("STATE_DIRECTORY") or str(base / ".model-starter")
+    dirs = _relative({k: top[k] for k in ("log_dir", "state_dir") if k in top}, Config, base)
+    state_dir = dirs.get("state_dir", state_default)
+    models = (_models(ctx, top["models"], base, defaults, resources, server, reserved, state_dir)
               if "models" in top else {})
     if ctx.problems:
         raise ConfigError(ctx.problems)
     listen_host, listen_port = top.get("listen", ("127.0.0.1", 8080))
-    state_default = env.get("STATE_DIRECTORY") or str(base / ".model-starter")
     logs_default = env.get("LOGS_DIRECTORY") or str(Path(state_default) / "logs")
-    dirs = _relative({k: top[k] for k in ("log_dir", "state_dir") if k in top}, Config, base)
     return Config(
         models=models,
         listen_host=listen_host,
@@ -209,7 +213,7 @@ def parse_config(
         nginx=nginx,
         inference=server,
         log_dir=dirs.get("log_dir", logs_default),
-        state_dir=dirs.get("state_dir", state_default),
+        state_dir=state_dir,
         log_max_bytes=top.get("log_max_bytes", Config.log_max_bytes),
         resources=dict(ONE_AT_A_TIME) if resources is None else resources,
         release_grace=top.get("release_grace", Config.release_grace),

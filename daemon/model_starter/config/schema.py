@@ -7,12 +7,20 @@ from __future__ import annotations
 
 import dataclasses
 import signal
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import ClassVar, Literal, get_args
+from typing import Any, ClassVar, Literal, get_args
 
 import model_starter.config.convert as c
-from model_starter.config.convert import Key, key
+from model_starter.config.convert import Conv, Ctx, Key, Node, key
+from model_starter.lifecycle_spec import (
+    Hooks,
+    Invalid,
+    KvCache,
+    extra_hold_seconds,
+    parse_hooks,
+    parse_kv_cache,
+)
 
 LauncherKind = Literal["process", "command", "v2"]
 Mode = Literal["error_page", "auth_request"]
@@ -25,6 +33,14 @@ MODEL_NAME_RE = c.NAME_RE
 
 # With no `resources:` declared, every model holds the one slot: one model at a time.
 ONE_AT_A_TIME = {"models": 1.0}
+
+
+def _reported(parse: Callable[[Ctx, Node, str], Any]) -> Conv:
+    """A `lifecycle_spec` parser (it reports its own problems) as a field converter."""
+    def conv(ctx: Ctx, node: Node, where: str) -> Any:
+        value = parse(ctx, node, where)
+        return c.BAD if isinstance(value, Invalid) else value
+    return conv
 
 
 @dataclass(frozen=True)
@@ -87,11 +103,22 @@ class ModelSpec:
         "for `backoff` s (503 + `Retry-After`)", CrashLoop(), shared=True)
     aliases: tuple[str, ...] = key(
         c.names, "more names for the OpenAI (`/v1/`) and V2 (`/v2/models/`) routes", ())
+    hooks: Hooks = key(  # noqa: RUF009
+        _reported(parse_hooks), "actions `on_ready` (after healthy, before held requests are "
+        "released) and `before_stop`: `{http: {method, path, body}}` or `{run: [argv]}`, "
+        "each with `timeout` (10 s); failures are logged and shown in status (see Fast return)",
+        factory=Hooks, shown="none", shared=True)
 
     @property
     def hold_timeout(self) -> float:
         """How long the daemon may hold a request for this model (start + eviction wait)."""
-        return 2 * self.startup_timeout + self.stop_timeout + 10
+        return (2 * self.startup_timeout + self.stop_timeout + 10
+                + extra_hold_seconds(self.hooks, self.kv))
+
+    @property
+    def kv(self) -> KvCache | None:
+        """KV-cache persistence (only `launcher: process` has the key)."""
+        return None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -103,6 +130,14 @@ class ProcessSpec(ModelSpec):
     stop_command: tuple[str, ...] | None = key(
         c.argv, "argv run to stop it (`$MODEL_STARTER_PID`, `$MODEL_STARTER_MODEL` set), "
         "instead of the signal", None)
+    kv_cache: KvCache | None = key(  # noqa: RUF009
+        _reported(parse_kv_cache), "`persist`: save llama.cpp's slots before a stop, restore "
+        "them after the next start (or a mapping: `min_tokens`, `budget_mb`, `save_timeout`, "
+        "`restore_timeout`, `weights`; see Fast return)", None, shown="off")
+
+    @property
+    def kv(self) -> KvCache | None:
+        return self.kv_cache
 
 
 @dataclass(frozen=True, kw_only=True)

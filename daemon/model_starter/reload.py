@@ -17,6 +17,7 @@ from typing import Any
 
 from model_starter.commands import run_command
 from model_starter.config import ConfigError, load_config
+from model_starter.fleet import narrow
 from model_starter.nginx import render
 from model_starter.notify import notify
 from model_starter.pool import ModelPool
@@ -51,7 +52,7 @@ class Reloader:
 
     async def _reload(self) -> dict[str, Any]:
         try:
-            config = load_config(self.path)
+            config = narrow(load_config(self.path), self.pool.config.node)
         except ConfigError as exc:
             for problem in exc.problems:
                 log.error("reload refused, keeping the running config: %s", problem)

@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 
 from model_starter.config.convert import Ctx, Node, mapping, scalar, section
+from model_starter.config.nodes import NodeSpec
 from model_starter.config.schema import (
     MODEL_KEYS,
     MODEL_NAME_RE,
@@ -48,6 +49,7 @@ def _relative(values: dict[str, Any], cls: type, base: Path) -> dict[str, Any]:
 def _models(
     ctx: Ctx, node: Node, base: Path, defaults: Mapping[str, Any],
     resources: Mapping[str, float] | None, inference: InferenceServer,
+    nodes: Mapping[str, NodeSpec],
 ) -> dict[str, ModelSpec]:
     items = mapping(ctx, node, "models")
     if items is None:
@@ -76,6 +78,12 @@ def _models(
         if missing or wrong:
             continue
         cls = SPEC_TYPES[kind]
+        on = _placement(ctx, vnode, where, values.get("node"), nodes)
+        if on is False:
+            continue
+        capacity = on.resources if isinstance(on, NodeSpec) else resources
+        if isinstance(on, NodeSpec) and cls is not V2Spec and "host" not in values:
+            values["host"] = on.model_host
         if cls is V2Spec:
             # The model lives in the shared inference server; ready = its V2 ready endpoint.
             v2 = values.get("v2_name", name)
@@ -83,8 +91,8 @@ def _models(
                           health=f"/v2/models/{v2}/ready")
         values = _relative({**defaults, **values}, cls, base)
         if "requires" in values:
-            _check_requires(ctx, knode, where, values["requires"], resources)
-        elif resources is not None:
+            _check_requires(ctx, knode, where, values["requires"], capacity)
+        elif capacity is not None:
             values["requires"] = {}  # declared capacities: a model holds only what it says
         spec = cls(name=name, **values)
         if cls is V2Spec:
@@ -96,8 +104,30 @@ def _models(
             continue
         taken[addr] = name
         models[name] = spec
-    _check_pinned(ctx, node, models, resources)
+    if not nodes:
+        _check_pinned(ctx, node, models, resources)
+    for spec_node in nodes.values():  # each node's capacity is its own
+        _check_pinned(ctx, node, {n: m for n, m in models.items() if m.node == spec_node.name},
+                      spec_node.resources)
     return models
+
+
+def _placement(
+    ctx: Ctx, node: Node, where: str, name: str | None, nodes: Mapping[str, NodeSpec],
+) -> NodeSpec | bool | None:
+    """The model's node: None without `nodes:`, False (reported) when it names none."""
+    if not nodes:
+        if name is None:
+            return None
+        ctx.err(node, f"{where}.node", "needs a top-level `nodes:` section declaring it")
+        return False
+    if name is None:
+        ctx.err(node, where, f"missing required key 'node' (nodes: {', '.join(nodes)})")
+        return False
+    if name not in nodes:
+        ctx.err(node, f"{where}.node", f"unknown node {name!r} (declared: {', '.join(nodes)})")
+        return False
+    return nodes[name]
 
 
 def _check_pinned(
@@ -168,8 +198,11 @@ def parse_config(
     nginx = NginxSettings(**_relative(top.get("nginx") or {}, NginxSettings, base))
     defaults = {"client_max_body_size": nginx.client_max_body_size, **(top.get("defaults") or {})}
     resources = top.get("resources")
+    nodes = top.get("nodes") or {}
+    if nodes and resources is not None:
+        ctx.problems.append(f"{source}: with `nodes:`, declare `resources` per node")
     server = _inference(ctx, dict(top.get("inference_server") or {}), env)
-    models = (_models(ctx, top["models"], base, defaults, resources, server)
+    models = (_models(ctx, top["models"], base, defaults, resources, server, nodes)
               if "models" in top else {})
     if ctx.problems:
         raise ConfigError(ctx.problems)
@@ -189,6 +222,7 @@ def parse_config(
         resources=dict(ONE_AT_A_TIME) if resources is None else resources,
         release_grace=top.get("release_grace", Config.release_grace),
         admin_token=top.get("admin_token") or env.get("MODEL_STARTER_TOKEN") or None,
+        nodes=nodes,
         source=source,
     )
 

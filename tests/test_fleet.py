@@ -63,7 +63,9 @@ class Fleet:
                 "gpu2": {"daemon": f"{n2.addr}:{DAEMON_PORT}", "allow": [n2.host_addr]},
             },
             # The same port on two hosts: placement, not ports, tells them apart.
-            "models": {"a1": model(n1, 9001), "a2": model(n1, 9002), "b1": model(n2, 9001)},
+            "models": {"a1": model(n1, 9001),
+                       "a2": {**model(n1, 9002), "mode": "auth_request"},
+                       "b1": model(n2, 9001)},
         }
         self.config.write_text(yaml.safe_dump(doc, sort_keys=False))
 
@@ -201,7 +203,7 @@ def test_killed_node_daemon_gives_json_503_and_a_restart_adopts(fleet: Fleet) ->
     pid = running.json()["pid"]
     fleet.daemons["gpu1"].send_signal(signal.SIGKILL)
     fleet.daemons["gpu1"].wait(10)
-    _node_down(fleet.get("/a2/x"), "gpu1")  # a cold model on the dead node's daemon
+    _node_down(fleet.get("/a2/x"), "gpu1")  # auth_request mode asks the dead daemon
     assert fleet.get("/a1/x").json()["pid"] == pid  # a running model keeps serving
     assert fleet.get("/b1/x").status == 200  # the other node is unaffected
     code, status = fleet.status()

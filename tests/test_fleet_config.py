@@ -3,6 +3,7 @@ needed; the fleet itself runs in `test_fleet.py`)."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -83,6 +84,10 @@ def test_serve_refuses_a_fleet_config_without_a_node(tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, "-m", "model_starter", "serve", "-c", str(path)],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and "choose one with --node" in out.stderr
+    env = {**os.environ, "MODEL_STARTER_NODE": "gpu9"}
+    out = subprocess.run([sys.executable, "-m", "model_starter", "serve", "-c", str(path)],
+                         capture_output=True, text=True, timeout=60, env=env)
+    assert out.returncode == 2 and "unknown node 'gpu9'" in out.stderr
 
 
 def test_front_include_is_valid_nginx_and_answers_silent_nodes(tmp_path: Path) -> None:

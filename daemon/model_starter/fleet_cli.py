@@ -64,7 +64,8 @@ def _status(config: Config) -> tuple[int, dict[str, Any]]:
             models += [{**m, "node": node.name} for m in body.get("models", [])]
         else:
             entry["error"] = body if code is None else f"HTTP {code}: {body.get('detail', body)}"
-            models += [{"name": n, "node": node.name, "state": "unreachable"}
+            models += [{"name": n, "node": node.name, "state": "unreachable", "port": m.port,
+                        "held": "-", "starts": "-"}
                        for n, m in config.models.items() if m.node == node.name]
         report.append(entry)
     return (200 if all(e["reachable"] for e in report) else 503,

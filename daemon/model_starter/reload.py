@@ -58,7 +58,7 @@ class Reloader:
                 log.error("reload refused, keeping the running config: %s", problem)
             return {"ok": False, "problems": exc.problems}
         summary: dict[str, Any] = {"ok": True, **await self.pool.reload(config)}
-        if config.nginx.write_to:
+        if config.nginx.write_to and config.node is None:  # a node's is the front's job
             summary["nginx"] = await self._update_nginx(config.nginx.write_to)
         return summary
 

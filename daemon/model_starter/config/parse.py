@@ -50,6 +50,7 @@ def _models(
     ctx: Ctx, node: Node, base: Path, defaults: Mapping[str, Any],
     resources: Mapping[str, float] | None, inference: InferenceServer,
     nodes: Mapping[str, NodeSpec],
+    reserved: tuple[str, ...] = (),
 ) -> dict[str, ModelSpec]:
     items = mapping(ctx, node, "models")
     if items is None:
@@ -106,6 +107,7 @@ def _models(
         models[name] = spec
     if not nodes:
         _check_pinned(ctx, node, models, resources)
+    _check_names(ctx, items, models, reserved)
     for spec_node in nodes.values():  # each node's capacity is its own
         _check_pinned(ctx, node, {n: m for n, m in models.items() if m.node == spec_node.name},
                       spec_node.resources)
@@ -128,6 +130,28 @@ def _placement(
         ctx.err(node, f"{where}.node", f"unknown node {name!r} (declared: {', '.join(nodes)})")
         return False
     return nodes[name]
+
+
+def _check_names(ctx: Ctx, items: list[tuple[str, Node, Node]],
+                 models: Mapping[str, ModelSpec], reserved: tuple[str, ...]) -> None:
+    """Names and aliases are one namespace (case-insensitive, as nginx's map matches them)."""
+    owner = {name.lower(): name for name in models}
+    for name, knode, vnode in items:
+        if name in reserved:
+            ctx.err(knode, f"models.{name}", f"/{name}/ is the path of the "
+                    + ("OpenAI endpoint; choose another name, or set nginx.openai: false"
+                       if name == "v1" else "KServe V2 routes; choose another name"))
+        spec = models.get(name)
+        if spec is None or not spec.aliases:
+            continue
+        alias_node = next(v for k, v in vnode.value if scalar(k) == "aliases")
+        for i, alias in enumerate(spec.aliases):
+            if alias.lower() in owner:
+                ctx.err(alias_node.value[i], f"models.{name}.aliases[{i}]",
+                        f"'{alias}' already names model '{owner[alias.lower()]}'; every name "
+                        "and alias must be unique (case-insensitively)")
+            else:
+                owner[alias.lower()] = name
 
 
 def _check_pinned(
@@ -202,7 +226,8 @@ def parse_config(
     if nodes and resources is not None:
         ctx.problems.append(f"{source}: with `nodes:`, declare `resources` per node")
     server = _inference(ctx, dict(top.get("inference_server") or {}), env)
-    models = (_models(ctx, top["models"], base, defaults, resources, server, nodes)
+    reserved = ("v2",) if nginx.openai == "false" else ("v1", "v2")
+    models = (_models(ctx, top["models"], base, defaults, resources, server, nodes, reserved)
               if "models" in top else {})
     if ctx.problems:
         raise ConfigError(ctx.problems)

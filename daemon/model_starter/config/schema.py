@@ -6,7 +6,6 @@ YAML converter, README text and launcher rules (`convert.Key`). Validation, defa
 from __future__ import annotations
 
 import dataclasses
-import re
 import signal
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -18,10 +17,12 @@ from model_starter.config.nodes import NodeSpec, nodes
 
 LauncherKind = Literal["process", "command", "v2"]
 Mode = Literal["error_page", "auth_request"]
+OpenAISwitch = Literal["auto", "true", "false"]
 LAUNCHERS: tuple[LauncherKind, ...] = get_args(LauncherKind)
+OPENAI: tuple[OpenAISwitch, ...] = get_args(OpenAISwitch)
 MODES: tuple[Mode, ...] = get_args(Mode)
 
-MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+MODEL_NAME_RE = c.NAME_RE
 
 # With no `resources:` declared, every model holds the one slot: one model at a time.
 ONE_AT_A_TIME = {"models": 1.0}
@@ -87,6 +88,8 @@ class ModelSpec:
     crash_loop: CrashLoop = key(  # noqa: RUF009
         c.nested(CrashLoop), "that many failed starts or crashes within `window` s: no start "
         "for `backoff` s (503 + `Retry-After`)", CrashLoop(), shared=True)
+    aliases: tuple[str, ...] = key(
+        c.names, "more names for the OpenAI (`/v1/`) and V2 (`/v2/models/`) routes", ())
 
     @property
     def hold_timeout(self) -> float:
@@ -146,6 +149,12 @@ class NginxSettings:
     connect_timeout: float = key(
         c.seconds(0.002, 60), "with `nodes:`: a node that does not answer gets its clients a "
         "503 within this many seconds (half to reach the model, half its daemon)", 2.0)
+    openai: OpenAISwitch = key(  # noqa: RUF009
+        c.switch(OPENAI), "the OpenAI endpoint `/v1/` routed by the body's `model` (needs njs); "
+        "`auto`: when nginx's njs module is installed", "auto")
+    openai_max_body_size: str = key(
+        c.body_size, "largest body `/v1/` inspects (held in memory): audio and base64 images",
+        "32m")
 
 
 @dataclass(frozen=True)

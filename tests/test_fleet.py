@@ -23,7 +23,7 @@ import pytest
 import yaml
 
 from tests.netns import NetNode, fleet_network, ip, route_stays_local, tcp_open
-from tests.stack import NGINX, Response, fake_model, free_port, nginx_conf, port_open, wait_for
+from tests.stack import NGINX, NJS, Response, fake_model, free_port, nginx_conf, port_open, wait_for
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root")
 
@@ -94,10 +94,11 @@ class Fleet:
         self.nginx = subprocess.Popen([NGINX, "-c", str(conf), "-p", str(ngdir)])
         wait_for(lambda: port_open(self.front_port), 10, "the front nginx to listen")
 
-    def get(self, path: str, timeout: float = 60.0) -> Response:
+    def get(self, path: str, timeout: float = 60.0, method: str = "GET",
+            body: bytes | None = None) -> Response:
         conn = http.client.HTTPConnection("127.0.0.1", self.front_port, timeout=timeout)
         try:
-            conn.request("GET", path)
+            conn.request(method, path, body=body, headers={"Content-Type": "application/json"})
             resp = conn.getresponse()
             return Response(resp.status, {k.lower(): v for k, v in resp.getheaders()},
                             resp.read())
@@ -167,6 +168,12 @@ def test_cold_starts_on_two_nodes_through_one_front(fleet: Fleet) -> None:
     assert fleet.cli("start", "a2").returncode == 0
     models = _models(fleet.status()[1])
     assert models["b1"]["state"] == "stopped" and models["a2"]["state"] == "ready"
+    if NJS:  # the OpenAI endpoint routes by the body's model to the model's node
+        v1 = fleet.get("/v1/chat/completions", method="POST", body=b'{"model": "b1"}')
+        assert v1.status == 200 and v1.json()["path"] == "/v1/chat/completions", v1.body
+        assert v1.json()["pid"] == _models(fleet.status()[1])["b1"]["pid"]  # started cold
+        names = [m["id"] for m in fleet.get("/v1/models").json()["data"]]
+        assert names == ["a1", "a2", "b1"]
     # An unknown name is answered by the front itself (no daemon there).
     unknown = fleet.get("/nope/x")
     assert unknown.status == 404 and unknown.json()["error"] == "unknown_model"

@@ -34,6 +34,9 @@ def _parser() -> argparse.ArgumentParser:
 
     serve = cmd("serve", "run the daemon in the foreground")
     serve.add_argument("--listen", help="HOST:PORT, overrides `listen` from the config")
+    serve.add_argument("--node", default=os.environ.get("MODEL_STARTER_NODE") or None,
+                       help="supervise this node's models only (`nodes:`; "
+                            "default $MODEL_STARTER_NODE)")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
     serve.add_argument("--log-format", default="text", choices=["text", "json"],
                        help="text lines (default) or JSON lines")
@@ -81,8 +84,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd == "doctor":
         return _doctor(config, args.target, args.nginx_conf)
     if args.cmd == "serve":
+        from model_starter.fleet import narrow
         from model_starter.serve import serve
 
+        try:
+            config = narrow(config, args.node)
+        except ConfigError as exc:
+            print(*exc.problems, sep="\n", file=sys.stderr)
+            return 2
         return serve(config, args.config, listen=args.listen, log_level=args.log_level,
                      log_format=args.log_format)
     return _client(config, args)
@@ -122,7 +131,11 @@ def _client(config: Config, args: argparse.Namespace) -> int:
     token = config.admin_token
     if args.cmd == "logs":
         return logs_command(base, token, args, config.listen)
-    if args.cmd == "status":
+    if config.nodes:
+        from model_starter.fleet_cli import fleet_call
+
+        code, body = fleet_call(config, args.cmd, getattr(args, "model", None))
+    elif args.cmd == "status":
         code, body = _call("GET", base + admin_path("status"), token)
     elif args.cmd == "reload":
         code, body = _call("POST", base + admin_path("reload"), token)
@@ -131,8 +144,11 @@ def _client(config: Config, args: argparse.Namespace) -> int:
     if code is None:
         print(f"model-starter is not running at {config.listen} ({body})", file=sys.stderr)
         return 1
-    if args.cmd == "status" and not args.json and code == 200:
+    if args.cmd == "status" and not args.json and (code == 200 or "nodes" in body):
         _print_table(body.get("models", []))
+        for node in body.get("nodes", []):
+            if not node["reachable"]:
+                print(f"node {node['node']} ({node['daemon']}) unreachable: {node['error']}")
     else:
         print(json.dumps(body, indent=2))
     return 0 if code == 200 else 1
@@ -160,9 +176,12 @@ def _call(method: str, url: str, token: str | None) -> tuple[int | None, Any]:
 
 
 def _print_table(models: list[dict[str, Any]]) -> None:
-    cols = ("name", "state", "pid", "port", "held", "starts", "last_error")
+    fleet = any("node" in m for m in models)
+    cols = (*(("node",) if fleet else ()), "name", "state", "pid", "port", "held", "starts",
+            "last_error")
     rows = [
         [
+            *((str(m.get("node")),) if fleet else ()),
             str(m.get("name")), str(m.get("state")), str(m.get("pid") or "-"),
             str(m.get("port")), str(m.get("held")), str(m.get("starts")),
             (m.get("last_error") or {}).get("detail", "-") if m.get("last_error") else "-",

@@ -17,6 +17,7 @@ from typing import Any
 
 from model_starter.commands import run_command
 from model_starter.config import ConfigError, load_config
+from model_starter.fleet import narrow
 from model_starter.nginx import render
 from model_starter.notify import notify
 from model_starter.pool import ModelPool
@@ -51,13 +52,13 @@ class Reloader:
 
     async def _reload(self) -> dict[str, Any]:
         try:
-            config = load_config(self.path)
+            config = narrow(load_config(self.path), self.pool.config.node)
         except ConfigError as exc:
             for problem in exc.problems:
                 log.error("reload refused, keeping the running config: %s", problem)
             return {"ok": False, "problems": exc.problems}
         summary: dict[str, Any] = {"ok": True, **await self.pool.reload(config)}
-        if config.nginx.write_to:
+        if config.nginx.write_to and config.node is None:  # a node's is the front's job
             summary["nginx"] = await self._update_nginx(config.nginx.write_to)
         return summary
 

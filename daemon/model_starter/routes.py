@@ -25,6 +25,7 @@ from sanic import HTTPResponse, Request
 from sanic import json as json_response
 from sanic.exceptions import SanicException
 
+from model_starter.fleet import peer_allowed
 from model_starter.launchers import StartError
 from model_starter.protocol import (
     ANSWER_HEADER,
@@ -65,6 +66,9 @@ def replay_safe(sup: ModelSupervisor, upstream_status: str | None) -> bool:
 
 async def model_route(request: Request, model: str, rest: str = "") -> HTTPResponse:
     ctx = request.app.ctx
+    if not peer_allowed(ctx.pool.config, request.ip):
+        return error_response(403, "forbidden", "this node's start route answers the peers "
+                              "in its `allow:` list only")
     name = request.headers.get(MODEL_HEADER) or model
     sup = ctx.pool.get(name)
     if sup is None:

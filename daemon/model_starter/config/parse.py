@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 
 from model_starter.config.convert import Ctx, Node, mapping, scalar, section
+from model_starter.config.nodes import NodeSpec
 from model_starter.config.schema import (
     MODEL_KEYS,
     MODEL_NAME_RE,
@@ -49,6 +50,7 @@ def _relative(values: dict[str, Any], cls: type, base: Path) -> dict[str, Any]:
 def _models(
     ctx: Ctx, node: Node, base: Path, defaults: Mapping[str, Any],
     resources: Mapping[str, float] | None, inference: InferenceServer,
+    nodes: Mapping[str, NodeSpec],
     reserved: tuple[str, ...] = (), state_dir: str = ".",
 ) -> dict[str, ModelSpec]:
     items = mapping(ctx, node, "models")
@@ -78,6 +80,12 @@ def _models(
         if missing or wrong:
             continue
         cls = SPEC_TYPES[kind]
+        on = _placement(ctx, vnode, where, values.get("node"), nodes)
+        if on is False:
+            continue
+        capacity = on.resources if isinstance(on, NodeSpec) else resources
+        if isinstance(on, NodeSpec) and cls is not V2Spec and "host" not in values:
+            values["host"] = on.model_host
         if cls is V2Spec:
             # The model lives in the shared inference server; ready = its V2 ready endpoint.
             v2 = values.get("v2_name", name)
@@ -87,8 +95,8 @@ def _models(
         if values.get("kv_cache") is not None:  # where the engine saves its slots
             values["env"] = {**values.get("env", {}), KV_DIR_ENV: kv_active_dir(state_dir, name)}
         if "requires" in values:
-            _check_requires(ctx, knode, where, values["requires"], resources)
-        elif resources is not None:
+            _check_requires(ctx, knode, where, values["requires"], capacity)
+        elif capacity is not None:
             values["requires"] = {}  # declared capacities: a model holds only what it says
         spec = cls(name=name, **values)
         if cls is V2Spec:
@@ -100,9 +108,31 @@ def _models(
             continue
         taken[addr] = name
         models[name] = spec
-    _check_pinned(ctx, node, models, resources)
+    if not nodes:
+        _check_pinned(ctx, node, models, resources)
     _check_names(ctx, items, models, reserved)
+    for spec_node in nodes.values():  # each node's capacity is its own
+        _check_pinned(ctx, node, {n: m for n, m in models.items() if m.node == spec_node.name},
+                      spec_node.resources)
     return models
+
+
+def _placement(
+    ctx: Ctx, node: Node, where: str, name: str | None, nodes: Mapping[str, NodeSpec],
+) -> NodeSpec | bool | None:
+    """The model's node: None without `nodes:`, False (reported) when it names none."""
+    if not nodes:
+        if name is None:
+            return None
+        ctx.err(node, f"{where}.node", "needs a top-level `nodes:` section declaring it")
+        return False
+    if name is None:
+        ctx.err(node, where, f"missing required key 'node' (nodes: {', '.join(nodes)})")
+        return False
+    if name not in nodes:
+        ctx.err(node, f"{where}.node", f"unknown node {name!r} (declared: {', '.join(nodes)})")
+        return False
+    return nodes[name]
 
 
 def _check_names(ctx: Ctx, items: list[tuple[str, Node, Node]],
@@ -195,12 +225,16 @@ def parse_config(
     nginx = NginxSettings(**_relative(top.get("nginx") or {}, NginxSettings, base))
     defaults = {"client_max_body_size": nginx.client_max_body_size, **(top.get("defaults") or {})}
     resources = top.get("resources")
+    nodes = top.get("nodes") or {}
+    if nodes and resources is not None:
+        ctx.problems.append(f"{source}: with `nodes:`, declare `resources` per node")
     server = _inference(ctx, dict(top.get("inference_server") or {}), env)
     reserved = ("v2",) if nginx.openai == "false" else ("v1", "v2")
     state_default = env.get("STATE_DIRECTORY") or str(base / ".model-starter")
     dirs = _relative({k: top[k] for k in ("log_dir", "state_dir") if k in top}, Config, base)
     state_dir = dirs.get("state_dir", state_default)
-    models = (_models(ctx, top["models"], base, defaults, resources, server, reserved, state_dir)
+    models = (_models(ctx, top["models"], base, defaults, resources, server, nodes, reserved,
+                      state_dir)
               if "models" in top else {})
     if ctx.problems:
         raise ConfigError(ctx.problems)
@@ -218,6 +252,7 @@ def parse_config(
         resources=dict(ONE_AT_A_TIME) if resources is None else resources,
         release_grace=top.get("release_grace", Config.release_grace),
         admin_token=top.get("admin_token") or env.get("MODEL_STARTER_TOKEN") or None,
+        nodes=nodes,
         source=source,
     )
 

@@ -11,6 +11,7 @@ from dataclasses import MISSING, Field
 from typing import Any
 
 from model_starter.config.convert import Key, key_of
+from model_starter.config.nodes import NodeSpec
 from model_starter.config.schema import (
     LAUNCHER_KEY,
     MODEL_NAME_RE,
@@ -70,6 +71,9 @@ def _top_rows() -> Iterator[Row]:
                 yield f"`{name}.{sf.name}`", _default(sf, sk), sk.doc
         else:
             yield f"`{name}`", _default(f, k), k.doc
+        if name == "nodes":
+            for sf, sk in _keyed(NodeSpec):
+                yield f"`nodes.NAME.{sf.name}`", _default(sf, sk), sk.doc
     defaults = TOP_KEYS["defaults"]
     yield "`defaults`", defaults.shown or "", defaults.doc
 

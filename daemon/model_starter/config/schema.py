@@ -13,6 +13,7 @@ from typing import Any, ClassVar, Literal, get_args
 
 import model_starter.config.convert as c
 from model_starter.config.convert import Conv, Ctx, Key, Node, key
+from model_starter.config.nodes import NodeSpec, nodes
 from model_starter.lifecycle_spec import (
     Hooks,
     Invalid,
@@ -93,6 +94,8 @@ class ModelSpec:
     requires: Mapping[str, float] = key(
         c.amounts, "what it holds while running, e.g. `{gpu0: 24}`; must fit `resources`",
         factory=lambda: dict(ONE_AT_A_TIME), shown="the single slot")
+    node: str | None = key(c.string, "the node it runs on (a name under `nodes:`; required "
+                           "with `nodes:`)", None)
     pinned: bool = key(c.boolean, "never evicted to make room (idle stop still applies; set "
                        "`idle_timeout: 0` to keep it up)", False)
     preload: bool = key(c.boolean, "start when the daemon starts (respecting capacity)", False)
@@ -178,6 +181,9 @@ class NginxSettings:
                                path=True)
     reload_command: tuple[str, ...] | None = key(
         c.argv, "... then run this argv (e.g. `nginx -s reload`)", None)
+    connect_timeout: float = key(
+        c.seconds(0.002, 60), "with `nodes:`: a node that does not answer gets its clients a "
+        "503 within this many seconds (half to reach the model, half its daemon)", 2.0)
     openai: OpenAISwitch = key(  # noqa: RUF009
         c.switch(OPENAI), "the OpenAI endpoint `/v1/` routed by the body's `model` (needs njs); "
         "`auto`: when nginx's njs module is installed", "auto")
@@ -225,7 +231,11 @@ class Config:
         "so their replays are never cut by an idle stop or an eviction", 3.0)
     admin_token: str | None = key(c.string, "require this bearer token on the admin API", None,
                                   shown="`$MODEL_STARTER_TOKEN`")
+    nodes: Mapping[str, NodeSpec] = key(
+        nodes, "the fleet's hosts, by name (see Several hosts); none: one host",
+        factory=dict, shown="—")
     source: str = "<string>"
+    node: str | None = None  # `serve --node`: the node this daemon supervises
 
     @property
     def inference_host(self) -> str:

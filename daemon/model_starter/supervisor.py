@@ -34,7 +34,7 @@ from model_starter.health import TAIL_LINES, Health, start_until_healthy
 from model_starter.history import History
 from model_starter.launchers import Launcher, StartError
 from model_starter.policy import retry_after
-from model_starter.usage import Usage
+from model_starter.usage import HeldTotal, Usage
 
 __all__ = ["ModelSupervisor", "State"]
 
@@ -54,8 +54,10 @@ class ModelSupervisor:
         before_start: Callable[[ModelSupervisor], Awaitable[None]] | None = None,
         release_grace: float = 3.0,
         clock: Callable[[], float] = time.monotonic,
+        held_total: HeldTotal | None = None,
     ) -> None:
         self.spec = spec
+        self._held_total = held_total if held_total is not None else HeldTotal(spec.max_waiting)
         self.launcher = launcher
         self.health = health
         self._before_start = before_start
@@ -139,7 +141,8 @@ class ModelSupervisor:
           same result or the same StartError; returns False.
         * STOPPING: waits for the stop to end, then starts afresh; returns False.
 
-        Raises StartError ``queue_full`` when `max_waiting` requests wait already,
+        Raises StartError ``queue_full`` when `max_waiting` requests wait already (or
+        `max_held` across all models),
         ``timeout`` after `hold_timeout`, ``shutting_down`` once closed.
         """
         self._notice_exit()
@@ -153,7 +156,15 @@ class ModelSupervisor:
                 f"(max_waiting {self.spec.max_waiting})",
                 retry_after=self._retry_after(QUEUE_FULL_RETRY),
             )
+        total = self._held_total
+        if total.full:
+            raise StartError(
+                FailureReason.QUEUE_FULL,
+                f"{total.count} requests already wait across all models (max_held {total.limit})",
+                retry_after=self._retry_after(QUEUE_FULL_RETRY),
+            )
         self.usage.held += 1
+        total.count += 1
         self.usage.last_activity = self._clock()
         try:
             async with asyncio.timeout(self.spec.hold_timeout):
@@ -167,6 +178,7 @@ class ModelSupervisor:
             ) from None
         finally:
             self.usage.held -= 1
+            total.count -= 1
             self.usage.last_activity = self._clock()
 
     async def _ensure(self) -> bool:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["Usage"]
+__all__ = ["HeldTotal", "Usage"]
 
 
 class Usage:
@@ -46,3 +46,15 @@ class Usage:
             "idle_seconds": round(self.idle_for(now), 3) if ready else None,
             "last_activity": wall - (now - self.last_activity),
         }
+
+
+class HeldTotal:
+    """Requests held across all models, against the config's `max_held` (one per pool)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.count = 0
+
+    @property
+    def full(self) -> bool:
+        return self.count >= self.limit

@@ -2,10 +2,13 @@
 
 The child writes straight into the file (O_APPEND), not through a pipe, so a daemon
 restart never hands a running model a broken pipe. The daemon bounds the file as it is
-written: an inotify watch wakes it on every write, and past ``max_bytes`` it copies the
-last ``max_bytes`` into ``NAME.log.1`` and truncates (with O_APPEND the child's next write
-lands at the new end), so at most ``2 * max_bytes`` (plus what one loop turn lets through)
-is on disk. The same holds for every supervised process, the inference server included.
+written: an inotify watch wakes it on every write, and past ``max_bytes`` it moves the head
+of the file into ``NAME.log.1`` (the last ``max_bytes`` of it) and drops that head in place
+(``FALLOC_FL_COLLAPSE_RANGE``: the child's O_APPEND writes go on at the new end and nothing
+written meanwhile is lost). Where the filesystem cannot collapse, it copies the last
+``max_bytes`` and truncates (a line written in between can be lost). At most
+``2 * max_bytes`` (plus what one loop turn lets through) is on disk, for every supervised
+process, the inference server included.
 
 Files are never opened through a symlink, ``NAME.log.1`` is replaced by an exclusive temp
 file's rename, and a log dir other users may write into is refused (`safefile`).
@@ -19,7 +22,7 @@ import os
 from collections import deque
 from pathlib import Path
 
-from model_starter.inotify import ModifyWatch
+from model_starter.linuxfs import ModifyWatch, collapse_head
 from model_starter.safefile import ensure_dir, open_nofollow, write_atomic
 
 __all__ = ["DIR_MODE", "LogFile"]
@@ -65,10 +68,11 @@ class LogFile:
         """Enforce the bound on every write from now on (the file must exist)."""
         self.unwatch()
         try:
+            loop = asyncio.get_running_loop()
             self._watch = ModifyWatch(self.path)
-        except OSError:
-            return  # no inotify: the periodic `enforce_bound` still runs
-        asyncio.get_running_loop().add_reader(self._watch.fd, self._written)
+        except (OSError, RuntimeError):
+            return  # no inotify (or no loop): the periodic `enforce_bound` still runs
+        loop.add_reader(self._watch.fd, self._written)
 
     def unwatch(self) -> None:
         if self._watch is not None:
@@ -83,18 +87,27 @@ class LogFile:
         self.enforce_bound()
 
     def enforce_bound(self) -> None:
-        """Copy-and-truncate when the file grew past its bound."""
+        """Rotate the head of the file away when it grew past its bound."""
         try:
             fd = open_nofollow(self.path, os.O_RDWR)
         except OSError:
             return  # none yet (or a planted symlink: not ours to touch)
         try:
-            size = os.fstat(fd).st_size
-            if size <= self.max_bytes:
+            st = os.fstat(fd)
+            if st.st_size <= self.max_bytes:
                 return
-            data = os.pread(fd, self.max_bytes, size - self.max_bytes)
-            write_atomic(self.previous, data, _MODE)
-            os.ftruncate(fd, 0)
+            block = max(st.st_blksize, 1)
+            cut = -(-(st.st_size - self.max_bytes) // block) * block  # whole blocks, rounded up
+            if cut < st.st_size:
+                keep = min(self.max_bytes, cut)
+                write_atomic(self.previous, os.pread(fd, keep, cut - keep), _MODE)
+                collapsed = collapse_head(fd, cut)
+            else:
+                collapsed = False
+            if not collapsed:
+                data = os.pread(fd, self.max_bytes, st.st_size - self.max_bytes)
+                write_atomic(self.previous, data, _MODE)
+                os.ftruncate(fd, 0)
             self._rotated_this_run = True
         except OSError as exc:
             self.error = f"cannot rotate log file {self.path}: {exc.strerror or exc}"

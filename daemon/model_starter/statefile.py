@@ -119,7 +119,7 @@ class StateFile:
         try:
             with os.fdopen(fd, "rb") as fh:
                 return Record.parse(json.loads(fh.read(MAX_BYTES + 1)[:MAX_BYTES]))
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, RecursionError) as exc:
             log.error("ignoring the state file %s: %s", self.path, exc)
             self.remove()
             return None
@@ -135,5 +135,5 @@ class StateFile:
             fd = open_nofollow(self.path, os.O_RDONLY)
             with os.fdopen(fd, "rb") as fh:
                 return Record.parse(json.loads(fh.read(MAX_BYTES)))
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):
             return None

@@ -55,6 +55,7 @@ class ProcessLauncher:
         self._pid: int | None = None
         self._record: Record | None = None  # what we started or adopted (identity for signals)
         self._child = False  # our own unreaped child: its pid cannot be anyone else's
+        self._disown: Callable[[], None] = lambda: None  # stop watching a pid not ours now
         self._exited: asyncio.Future[int] | None = None
 
     @property
@@ -130,19 +131,24 @@ class ProcessLauncher:
         fut: asyncio.Future[int] = loop.create_future()
         pidfd = os.pidfd_open(pid)
 
-        def on_exit() -> None:
+        def release(exit_status: int) -> None:
             loop.remove_reader(pidfd)
             os.close(pidfd)
+            self._gone(pid, fut, exit_status)
+
+        def on_exit() -> None:
             # Whatever the leader left behind in its group must not outlive it. The group's
             # id cannot be reused while members hold it (nor while our child is unreaped).
             _killpg(pid, signal.SIGKILL)
-            self._gone(pid, fut, status())
+            release(status())
 
         loop.add_reader(pidfd, on_exit)
         self._pid, self._exited = pid, fut
+        self._disown = lambda: release(UNKNOWN_STATUS)
 
     def _gone(self, pid: int, fut: asyncio.Future[int], status: int) -> None:
         self._record, self._child = None, False
+        self._disown = lambda: None
         self.logfile.unwatch()
         self.state.remove(pid)
         if not fut.done():
@@ -150,15 +156,17 @@ class ProcessLauncher:
 
     def _signal(self, sig: int) -> None:
         """Signal the model's group, only while its leader is still the process we started
-        (a recorded pid may have been reused, a state file may have been forged)."""
+        (a recorded pid may have been reused, a state file may have been forged). One that
+        is not is let go: it counts as exited, with an unknown status."""
         record = self._record
         if self._child and self._pid is not None:
             _killpg(self._pid, sig)
-        elif record is None or not is_ours(record):
-            log.warning("model=%s pid %s is no longer the process model-starter started; "
-                        "not signalled", self.spec.name, self._pid)
-        else:
+        elif record is not None and is_ours(record):
             _killpg(record.pid, sig)
+        else:
+            log.warning("model=%s pid %s is no longer the process model-starter started; "
+                        "not signalled, no longer watched", self.spec.name, self._pid)
+            self._disown()
 
     # -- adoption ----------------------------------------------------------------------------
 

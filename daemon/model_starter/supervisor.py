@@ -57,7 +57,6 @@ class ModelSupervisor:
         held_total: HeldTotal | None = None,
     ) -> None:
         self.spec = spec
-        self._held_total = held_total if held_total is not None else HeldTotal(spec.max_waiting)
         self.launcher = launcher
         self.health = health
         self._before_start = before_start
@@ -66,7 +65,7 @@ class ModelSupervisor:
         self._state = State.STOPPED
         self.since = time.time()
         self.history = History(spec.crash_loop, spec.startup_timeout)
-        self.usage = Usage(clock(), release_grace)
+        self.usage = Usage(clock(), release_grace, held_total or HeldTotal(spec.max_waiting))
         self._admitted = False  # holds its resources (granted by admission)
         self._start_began: float | None = None
         self._transition: asyncio.Task[None] | None = None
@@ -149,22 +148,11 @@ class ModelSupervisor:
         if self._state is State.READY:
             self.usage.last_activity = self._clock()
             return True
-        if self.held >= self.spec.max_waiting:
-            raise StartError(
-                FailureReason.QUEUE_FULL,
-                f"{self.held} requests already wait for model '{self.spec.name}' "
-                f"(max_waiting {self.spec.max_waiting})",
-                retry_after=self._retry_after(QUEUE_FULL_RETRY),
-            )
-        total = self._held_total
-        if total.full:
-            raise StartError(
-                FailureReason.QUEUE_FULL,
-                f"{total.count} requests already wait across all models (max_held {total.limit})",
-                retry_after=self._retry_after(QUEUE_FULL_RETRY),
-            )
-        self.usage.held += 1
-        total.count += 1
+        full = self.usage.refusal(self.spec.name, self.spec.max_waiting)
+        if full:
+            raise StartError(FailureReason.QUEUE_FULL, full,
+                             retry_after=self._retry_after(QUEUE_FULL_RETRY))
+        self.usage.hold(1)
         self.usage.last_activity = self._clock()
         try:
             async with asyncio.timeout(self.spec.hold_timeout):
@@ -177,8 +165,7 @@ class ModelSupervisor:
                 retry_after=self._retry_after(HOLD_TIMEOUT_RETRY),
             ) from None
         finally:
-            self.usage.held -= 1
-            total.count -= 1
+            self.usage.hold(-1)
             self.usage.last_activity = self._clock()
 
     async def _ensure(self) -> bool:

@@ -16,13 +16,12 @@ file's rename, and a log dir other users may write into is refused (`safefile`).
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 from collections import deque
 from pathlib import Path
 
-from model_starter.linuxfs import ModifyWatch, collapse_head
+from model_starter.linuxfs import Inotify, collapse_head, watch_writes
 from model_starter.safefile import ensure_dir, open_nofollow, write_atomic
 
 __all__ = ["DIR_MODE", "LogFile"]
@@ -39,7 +38,7 @@ class LogFile:
         self.previous = path.with_name(path.name + ".1")
         self.error: str | None = None
         self._rotated_this_run = False
-        self._watch: ModifyWatch | None = None
+        self._watch: tuple[Inotify, int] | None = None
 
     def open_for_child(self) -> int | None:
         """Rotate the last run's log away, open a fresh file for a new child and watch it.
@@ -68,23 +67,15 @@ class LogFile:
         """Enforce the bound on every write from now on (the file must exist)."""
         self.unwatch()
         try:
-            loop = asyncio.get_running_loop()
-            self._watch = ModifyWatch(self.path)
+            self._watch = watch_writes(self.path, self.enforce_bound)
         except (OSError, RuntimeError):
             return  # no inotify (or no loop): the periodic `enforce_bound` still runs
-        loop.add_reader(self._watch.fd, self._written)
 
     def unwatch(self) -> None:
         if self._watch is not None:
-            with contextlib.suppress(RuntimeError):  # the loop is closed already
-                asyncio.get_running_loop().remove_reader(self._watch.fd)
-            self._watch.close()
+            inotify, wd = self._watch
+            inotify.remove(wd)
             self._watch = None
-
-    def _written(self) -> None:
-        if self._watch is not None:
-            self._watch.drain()
-        self.enforce_bound()
 
     def enforce_bound(self) -> None:
         """Rotate the head of the file away when it grew past its bound."""

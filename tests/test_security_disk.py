@@ -68,7 +68,9 @@ async def test_adopted_process_that_became_another_is_let_go_not_signalled(
     for forever."""
     command = ["sh", "-c", "read line; exec sleep 603"]
     proc = subprocess.Popen(command, stdin=subprocess.PIPE, start_new_session=True)
+    cmdline = Path(f"/proc/{proc.pid}/cmdline")
     try:
+        wait_for(lambda: cmdline.read_bytes().startswith(b"sh\0"), 10, "sh to run")  # exec'd
         start = process_start_time(proc.pid)
         assert start is not None
         state = tmp_path / "state"
@@ -79,7 +81,6 @@ async def test_adopted_process_that_became_another_is_let_go_not_signalled(
         assert proc.stdin is not None
         proc.stdin.write(b"go\n")
         proc.stdin.flush()
-        cmdline = Path(f"/proc/{proc.pid}/cmdline")
         wait_for(lambda: cmdline.read_bytes().startswith(b"sleep"), 10, "the exec")
         await asyncio.wait_for(launcher.stop(), 30)
         assert proc.poll() is None  # not ours any more: left alone

@@ -15,8 +15,10 @@ import json
 from sanic import Blueprint, HTTPResponse, Request
 from sanic import json as json_response
 
+from model_starter.dashboard import install_dashboard, public_asset
 from model_starter.events import Shutdown, Status, StopReason
 from model_starter.launchers import StartError
+from model_starter.logs_api import install_logs
 from model_starter.metrics import CONTENT_TYPE
 from model_starter.protocol import ADMIN_PREFIX, ERROR_UNKNOWN_MODEL, PROXIED_HEADERS
 from model_starter.responses import error_response, start_error_response
@@ -41,6 +43,8 @@ async def guard(request: Request) -> HTTPResponse | None:
     if token:
         given = request.headers.get("Authorization", "")
         if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+            if public_asset(request.path):  # the page's files hold no data; it asks for it
+                return None
             return error_response(401, "unauthorized", "a valid bearer token is required",
                                   headers={"WWW-Authenticate": "Bearer"})
     return None
@@ -116,3 +120,7 @@ def _loopback(ip: str) -> bool:
         return ipaddress.ip_address(ip.removeprefix("::ffff:")).is_loopback
     except ValueError:
         return ip == ""  # a unix socket has no peer address
+
+
+install_logs(admin)  # behind the same guard: the model logs and the dashboard
+install_dashboard(admin)

@@ -15,6 +15,7 @@ from model_starter.admin import admin
 from model_starter.config import Config
 from model_starter.daemon import Daemon
 from model_starter.events import Event, Reloaded
+from model_starter.openai_errors import install_openai_errors
 from model_starter.protocol import HOLD_MARGIN_SECONDS
 from model_starter.routes import METHODS, model_route, on_error
 
@@ -61,5 +62,6 @@ def create_app(
     app.blueprint(admin)
     app.add_route(model_route, "/<model>", methods=METHODS, name="model_bare")
     app.add_route(model_route, "/<model>/<rest:path>", methods=METHODS, name="model")
+    install_openai_errors(app)
     app.exception(Exception)(on_error)
     return app

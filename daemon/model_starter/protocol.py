@@ -27,6 +27,7 @@ __all__ = [
     "MODE_AUTH",
     "MODE_HEADER",
     "MODE_RETRY",
+    "OPENAI_PREFIX",
     "PROXIED_HEADERS",
     "SENT_HEADER",
     "STATUS_HEADER",
@@ -36,6 +37,7 @@ __all__ = [
     "STATUS_UNAVAILABLE",
     "STATUS_UNKNOWN_MODEL",
     "V2_NOT_LOADED_STATUSES",
+    "V2_PREFIX",
     "VIA_HEADER",
     "VIA_NGINX",
     "AdminPath",
@@ -43,6 +45,7 @@ __all__ = [
     "Mode",
     "admin_path",
     "first_upstream_status",
+    "is_openai_path",
     "parse_activity_datagram",
     "request_reached_model",
 ]
@@ -98,20 +101,33 @@ ACTIVITY_LOG_TAG: Final = "model_starter"
 ACTIVITY_LOG_FORMAT: Final = "$uri"
 _V2_PATH: Final = "/v2/models/"
 
+# -- the single endpoints: OpenAI (routed by the body's `model`) and KServe V2 (by path) ------
+
+OPENAI_PREFIX: Final = "/v1/"  # the start path sends the daemon this URI: errors in OpenAI's shape
+V2_PREFIX: Final = _V2_PATH
+
+
+def is_openai_path(path: str) -> bool:
+    """A request of the OpenAI endpoint (its errors take OpenAI's shape)."""
+    return path.startswith(OPENAI_PREFIX)
+
+
 # -- the admin API ------------------------------------------------------------------------------
 
 # Model names start with an alphanumeric, so this prefix can never be a model.
 ADMIN_PREFIX: Final = "/_ms"
-AdminPath = Literal["status", "reload", "metrics", "events", "start", "stop"]
+AdminPath = Literal["status", "reload", "metrics", "events", "start", "stop", "logs"]
 
 _NUMBER = re.compile(r"\d+")
 
 
 def admin_path(what: AdminPath, model: str | None = None) -> str:
-    """The URL path of an admin call; ``start``/``stop`` need the model."""
-    if what in ("start", "stop"):
+    """The URL path of an admin call; ``start``/``stop``/``logs`` need the model."""
+    if what in ("start", "stop", "logs"):
         if model is None:
             raise ValueError(f"admin {what} needs a model name")
+        if what == "logs":
+            return f"{ADMIN_PREFIX}/logs/{model}"
         return f"{ADMIN_PREFIX}/models/{model}/{what}"
     return f"{ADMIN_PREFIX}/{what}"
 

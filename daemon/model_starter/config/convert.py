@@ -301,3 +301,34 @@ amounts = mapping_of(amount)
 def as_is(ctx: Ctx, node: Node, where: str) -> Any:
     """Taken unconverted (the caller validates it with more context)."""
     return node
+
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+def names(ctx: Ctx, node: Node, where: str) -> Any:
+    """A list of model names (aliases): each follows the model name rule."""
+    if not isinstance(node, yaml.SequenceNode):
+        ctx.err(node, where, "expected a list of names")
+        return BAD
+    out = []
+    for i, item in enumerate(node.value):
+        v = scalar(item)
+        if not isinstance(v, str) or not NAME_RE.match(v):
+            ctx.err(item, f"{where}[{i}]", f"aliases must match {NAME_RE.pattern}, got {show(item)}")
+            return BAD
+        out.append(v)
+    return tuple(out)
+
+
+def switch(choices: tuple[str, ...]) -> Conv:
+    """One of `choices`; YAML's booleans count as "true"/"false"."""
+    pick = one_of(choices)
+
+    def conv(ctx: Ctx, node: Node, where: str) -> Any:
+        v = scalar(node)
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        return pick(ctx, node, where)
+
+    return conv

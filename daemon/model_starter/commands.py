@@ -1,11 +1,33 @@
-"""Run a short command to completion: argv (never a shell), output captured, bounded."""
+"""Run a short command to completion: argv (never a shell), output captured, bounded; and
+the minimal environment every process the daemon starts gets (models, their commands, the
+nginx reload command): never the daemon's own, which may hold `MODEL_STARTER_TOKEN`."""
 
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
-__all__ = ["run_command"]
+__all__ = ["INHERITED_ENV", "model_environment", "run_command"]
+
+# The only variables a started process inherits from the daemon; the rest comes from `env:`.
+INHERITED_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR", "USER", "LOGNAME")
+
+
+def model_environment(spec_env: Mapping[str, str], parent: Mapping[str, str]) -> dict[str, str]:
+    """The environment of a started process: a minimal inherited set plus the configured one.
+
+    The daemon's own interpreter directory (its venv's bin/) comes first on PATH, so
+    `python3 -m ...` and console scripts installed beside model-starter resolve.
+    """
+    env = {k: parent[k] for k in INHERITED_ENV if k in parent}
+    bindir = str(Path(sys.executable).parent)
+    path = env.get("PATH", os.defpath)
+    env["PATH"] = path if path.split(os.pathsep)[0] == bindir else f"{bindir}{os.pathsep}{path}"
+    env.update(spec_env)
+    return env
 
 
 async def run_command(
@@ -14,14 +36,16 @@ async def run_command(
     env: Mapping[str, str] | None = None,
     cwd: str | None = None,
 ) -> tuple[int, str]:
-    """Exit status and stdout+stderr of `argv`.
+    """Exit status and stdout+stderr of `argv`, run with `env` (default: the minimal
+    environment, `model_environment({}, os.environ)`).
 
     Raises OSError when it cannot be started, TimeoutError (after killing it) when it
     outlives `timeout`.
     """
+    env = model_environment({}, os.environ) if env is None else env
     proc = await asyncio.create_subprocess_exec(
         *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT, env=None if env is None else dict(env), cwd=cwd,
+        stderr=asyncio.subprocess.STDOUT, env=dict(env), cwd=cwd,
     )
     try:
         out, _ = await asyncio.wait_for(proc.communicate(), timeout)

@@ -33,6 +33,7 @@ from model_starter.logfile import LogFile
 from model_starter.monitor import ActivityMonitor
 from model_starter.reloader import Reloader
 from model_starter.supervisor import ModelSupervisor
+from model_starter.usage import HeldTotal
 
 __all__ = ["ModelPool"]
 
@@ -50,6 +51,7 @@ class ModelPool:
         self._tasks: list[asyncio.Task[None]] = []
         self.inference_server: InferenceServerProcess | None = None
         self._server_calls = ServerCalls()
+        self.held_total = HeldTotal(config.max_held)
         self._reloader = Reloader(self.models, self._add, self._spawn)
         self.monitor = ActivityMonitor(lambda: self.models, self.shared_models,
                                        self._shared_port, self._reloader.apply_pending, clock,
@@ -105,7 +107,8 @@ class ModelPool:
     def _add(self, spec: ModelSpec) -> ModelSupervisor:
         assert self._health is not None and self._session is not None
         sup = ModelSupervisor(spec, self._launcher(spec), self._health,
-                              self.admission.make_room, self.config.release_grace, self._clock)
+                              self.admission.make_room, self.config.release_grace, self._clock,
+                              self.held_total)
         sup.lifecycle = lifecycle_for(spec, self.config.state_dir, self._session)
         sup.listeners.append(self._emit)
         self.models[spec.name] = sup
@@ -141,6 +144,7 @@ class ModelPool:
             log.warning("listen, inference_server, log_dir and state_dir changes take effect "
                         "on the next restart")
         self.config = new = _keep_process_settings(new, old)
+        self.held_total.limit = new.max_held
         summary = self._reloader.apply(new.models, new.release_grace)
         if self.shared_models() and not self.monitor.listening:
             await self.monitor.listen(new.listen_host, new.listen_port)

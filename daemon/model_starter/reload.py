@@ -21,6 +21,7 @@ from model_starter.fleet import narrow
 from model_starter.nginx import render
 from model_starter.notify import notify
 from model_starter.pool import ModelPool
+from model_starter.safefile import open_nofollow, write_atomic
 
 __all__ = ["RELOAD_COMMAND_TIMEOUT", "Reloader"]
 
@@ -29,6 +30,7 @@ log = logging.getLogger("model_starter.reload")
 # How long nginx's reload command may take (`nginx -s reload` returns at once). A module
 # constant, not a config key (yet): the config schema is owned elsewhere.
 RELOAD_COMMAND_TIMEOUT = 30.0
+INCLUDE_MODE = 0o644  # nginx (another user) reads it; it holds no secrets
 
 
 class Reloader:
@@ -68,11 +70,11 @@ class Reloader:
         text = render(config)
         dest = Path(target)
         try:
-            if dest.exists() and dest.read_text() == text:
+            if _current(dest) == text:
                 return "unchanged"
-            tmp = dest.with_name(f".{dest.name}.tmp")
-            tmp.write_text(text)
-            os.replace(tmp, dest)
+            # An exclusive random temp file, renamed over the include: a planted symlink
+            # (the temp's or the include's) is replaced, never written through.
+            write_atomic(dest, text.encode(), INCLUDE_MODE)
         except OSError as exc:
             log.error("cannot write the nginx include %s: %s", dest, exc)
             return f"write failed: {exc}"
@@ -93,3 +95,12 @@ class Reloader:
             log.error("nginx reload command exited %s: %s", status, message)
             return f"reload failed ({status}): {message}"
         return "written and reloaded"
+
+
+def _current(dest: Path) -> str | None:
+    """The include as it is now (None: missing, unreadable or a symlink)."""
+    try:
+        with os.fdopen(open_nofollow(dest, os.O_RDONLY), "rb") as fh:
+            return fh.read().decode(errors="replace")
+    except OSError:
+        return None

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import logging
 import signal
+from pathlib import Path
 
 from model_starter.config import Config
 from model_starter.logs import setup_logging
+from model_starter.safefile import UnsafeDirectory, ensure_dir
+from model_starter.statefile import DIR_MODE
 
 __all__ = ["serve"]
 
@@ -19,6 +22,14 @@ def serve(
     log_format: str = "text",
 ) -> int:
     setup_logging(log_level, log_format)
+    try:  # pids in a folder others can write into could be forged: refuse to run at all
+        ensure_dir(Path(config.state_dir), DIR_MODE, private=True)
+    except UnsafeDirectory as exc:
+        logging.getLogger("model_starter").error("cannot start: state_dir %s", exc)
+        return 1
+    except OSError as exc:  # as before: models run, adoption after a restart will not
+        logging.getLogger("model_starter").error("state_dir %s: %s", config.state_dir,
+                                                 exc.strerror or exc)
     from model_starter.app import create_app
     from model_starter.daemon import Daemon
 

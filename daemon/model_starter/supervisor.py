@@ -34,7 +34,7 @@ from model_starter.history import History
 from model_starter.launchers import Launcher, StartError
 from model_starter.lifecycle import NOTHING, Lifecycle
 from model_starter.policy import retry_after
-from model_starter.usage import Usage
+from model_starter.usage import HeldTotal, Usage
 
 __all__ = ["ModelSupervisor", "State"]
 
@@ -54,6 +54,7 @@ class ModelSupervisor:
         before_start: Callable[[ModelSupervisor], Awaitable[None]] | None = None,
         release_grace: float = 3.0,
         clock: Callable[[], float] = time.monotonic,
+        held_total: HeldTotal | None = None,
     ) -> None:
         self.spec = spec
         self.lifecycle: Lifecycle = NOTHING  # the pool's: hooks, KV cache (healthy, before a stop)
@@ -65,7 +66,7 @@ class ModelSupervisor:
         self._state = State.STOPPED
         self.since = time.time()
         self.history = History(spec.crash_loop, spec.startup_timeout)
-        self.usage = Usage(clock(), release_grace)
+        self.usage = Usage(clock(), release_grace, held_total or HeldTotal(spec.max_waiting))
         self._admitted = False  # holds its resources (granted by admission)
         self._start_began: float | None = None
         self._transition: asyncio.Task[None] | None = None
@@ -140,21 +141,19 @@ class ModelSupervisor:
           same result or the same StartError; returns False.
         * STOPPING: waits for the stop to end, then starts afresh; returns False.
 
-        Raises StartError ``queue_full`` when `max_waiting` requests wait already,
+        Raises StartError ``queue_full`` when `max_waiting` requests wait already (or
+        `max_held` across all models),
         ``timeout`` after `hold_timeout`, ``shutting_down`` once closed.
         """
         self._notice_exit()
         if self._state is State.READY:
             self.usage.last_activity = self._clock()
             return True
-        if self.held >= self.spec.max_waiting:
-            raise StartError(
-                FailureReason.QUEUE_FULL,
-                f"{self.held} requests already wait for model '{self.spec.name}' "
-                f"(max_waiting {self.spec.max_waiting})",
-                retry_after=self._retry_after(QUEUE_FULL_RETRY),
-            )
-        self.usage.held += 1
+        full = self.usage.refusal(self.spec.name, self.spec.max_waiting)
+        if full:
+            raise StartError(FailureReason.QUEUE_FULL, full,
+                             retry_after=self._retry_after(QUEUE_FULL_RETRY))
+        self.usage.hold(1)
         self.usage.last_activity = self._clock()
         try:
             async with asyncio.timeout(self.spec.hold_timeout):
@@ -167,7 +166,7 @@ class ModelSupervisor:
                 retry_after=self._retry_after(HOLD_TIMEOUT_RETRY),
             ) from None
         finally:
-            self.usage.held -= 1
+            self.usage.hold(-1)
             self.usage.last_activity = self._clock()
 
     async def _ensure(self) -> bool:

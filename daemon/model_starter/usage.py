@@ -6,16 +6,28 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["Usage"]
+__all__ = ["HeldTotal", "Usage"]
 
 
 class Usage:
-    def __init__(self, now: float, release_grace: float) -> None:
+    def __init__(self, now: float, release_grace: float, total: HeldTotal) -> None:
         self.held = 0  # requests waiting in the daemon for this model
+        self.total = total  # ... and for every model
         self.in_flight = 0  # requests at the model, as the kernel last showed
         self.last_activity = now  # monotonic
         self.release_grace = release_grace
         self._released_until = 0.0
+
+    def refusal(self, model: str, max_waiting: int) -> str | None:
+        """Why one more request for `model` cannot be held (None: it can)."""
+        if self.held >= max_waiting:
+            return (f"{self.held} requests already wait for model '{model}' "
+                    f"(max_waiting {max_waiting})")
+        return self.total.refusal()
+
+    def hold(self, change: int) -> None:
+        self.held += change
+        self.total.count += change
 
     def busy(self, now: float) -> bool:
         """Requests in flight, held here, or released but maybe not yet replayed."""
@@ -46,3 +58,17 @@ class Usage:
             "idle_seconds": round(self.idle_for(now), 3) if ready else None,
             "last_activity": wall - (now - self.last_activity),
         }
+
+
+class HeldTotal:
+    """Requests held across all models, against the config's `max_held` (one per pool)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.count = 0
+
+    def refusal(self) -> str | None:
+        """Why one more request cannot be held (None: it can)."""
+        if self.count < self.limit:
+            return None
+        return f"{self.count} requests already wait across all models (max_held {self.limit})"

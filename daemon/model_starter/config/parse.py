@@ -60,6 +60,7 @@ def _models(
         ctx.err(node, "models", "at least one model is required")
     models: dict[str, ModelSpec] = {}
     taken: dict[tuple[str, int], str] = {}
+    where_named: dict[str, Node] = {}
     for name, knode, vnode in items:
         where = f"models.{name}"
         if not MODEL_NAME_RE.match(name):
@@ -107,7 +108,13 @@ def _models(
             ctx.err(knode, where, f"{spec.host}:{spec.port} is already used by model '{taken[addr]}'")
             continue
         taken[addr] = name
+        where_named[name] = knode
         models[name] = spec
+    server = (_canonical_host(inference.host), inference.port)
+    if server in taken and any(isinstance(m, V2Spec) for m in models.values()):
+        name = taken[server]
+        ctx.err(where_named[name], f"models.{name}", f"{inference.host}:{inference.port} is "
+                "the inference server's address (its V2 models are there)")
     if not nodes:
         _check_pinned(ctx, node, models, resources)
     _check_names(ctx, items, models, reserved)
@@ -239,7 +246,7 @@ def parse_config(
     if ctx.problems:
         raise ConfigError(ctx.problems)
     listen_host, listen_port = top.get("listen", ("127.0.0.1", 8080))
-    logs_default = env.get("LOGS_DIRECTORY") or str(Path(state_default) / "logs")
+    logs_default = env.get("LOGS_DIRECTORY") or str(Path(state_dir) / "logs")
     return Config(
         models=models,
         listen_host=listen_host,
@@ -251,6 +258,7 @@ def parse_config(
         log_max_bytes=top.get("log_max_bytes", Config.log_max_bytes),
         resources=dict(ONE_AT_A_TIME) if resources is None else resources,
         release_grace=top.get("release_grace", Config.release_grace),
+        max_held=top.get("max_held", Config.max_held),
         admin_token=top.get("admin_token") or env.get("MODEL_STARTER_TOKEN") or None,
         nodes=nodes,
         source=source,

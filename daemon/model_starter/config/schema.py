@@ -226,6 +226,9 @@ class Config:
     log_max_bytes: int = key(
         c.integer(4096, 2**40),
         "each model log is bounded (copy-truncate into `NAME.log.1`)", 10 * 1024 * 1024)
+    max_held: int = key(c.integer(1, 10**7),
+                        "held requests across all models (each `max_waiting` still applies); "
+                        "more get 503 `queue_full` at once", 4096)
     release_grace: float = key(
         c.seconds(0, 600), "seconds a model counts as busy after held requests were released, "
         "so their replays are never cut by an idle stop or an eviction", 3.0)

@@ -13,10 +13,9 @@ import logging
 import os
 from typing import Literal
 
-from model_starter.commands import run_command
+from model_starter.commands import model_environment, run_command
 from model_starter.config import CommandSpec
 from model_starter.launchers.base import FailureReason, LauncherKind, StartError
-from model_starter.launchers.process import model_environment
 
 __all__ = ["CommandLauncher"]
 

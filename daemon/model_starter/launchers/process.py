@@ -10,44 +10,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import json
 import logging
 import os
 import signal
 import socket
 import subprocess
-import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-from model_starter.commands import run_command
+from model_starter.commands import INHERITED_ENV, model_environment, run_command
 from model_starter.config import ProcessSpec
 from model_starter.launchers.base import FailureReason, LauncherKind, StartError
 from model_starter.logfile import LogFile
 from model_starter.netstat import listening_inodes, pids_holding
+from model_starter.statefile import Record, StateFile, is_ours, process_start_time
 
-__all__ = ["ProcessLauncher", "model_environment"]
+__all__ = ["INHERITED_ENV", "ProcessLauncher", "model_environment"]
 
 log = logging.getLogger("model_starter.launcher")
 
-# The only variables a model inherits from the daemon; everything else comes from `env:`.
-INHERITED_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR", "USER", "LOGNAME")
 UNKNOWN_STATUS = -255  # an adopted process is not our child: its exit status is unknowable
-
-
-def model_environment(spec_env: Mapping[str, str], parent: Mapping[str, str]) -> dict[str, str]:
-    """The environment of a model process: a minimal inherited set plus the configured one.
-
-    The daemon's own interpreter directory (its venv's bin/) comes first on PATH, so
-    `python3 -m ...` and console scripts installed beside model-starter resolve.
-    """
-    env = {k: parent[k] for k in INHERITED_ENV if k in parent}
-    bindir = str(Path(sys.executable).parent)
-    path = env.get("PATH", os.defpath)
-    env["PATH"] = path if path.split(os.pathsep)[0] == bindir else f"{bindir}{os.pathsep}{path}"
-    env.update(spec_env)
-    return env
 
 
 def port_taken(host: str, port: int) -> bool:
@@ -62,16 +44,6 @@ def port_taken(host: str, port: int) -> bool:
     return False
 
 
-def process_start_time(pid: int) -> int | None:
-    """The kernel's start time of `pid` (guards against PID reuse), or None if gone."""
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            fields = fh.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return None if fields[0] == "Z" else int(fields[19])
-
-
 class ProcessLauncher:
     kind: LauncherKind = "process"
     owns_process = True
@@ -79,8 +51,11 @@ class ProcessLauncher:
     def __init__(self, spec: ProcessSpec, logfile: LogFile, state_dir: Path) -> None:
         self.spec = spec
         self.logfile = logfile
-        self.state_file = state_dir / f"{spec.name}.json"
+        self.state = StateFile(state_dir, spec.name)
         self._pid: int | None = None
+        self._record: Record | None = None  # what we started or adopted (identity for signals)
+        self._child = False  # our own unreaped child: its pid cannot be anyone else's
+        self._disown: Callable[[], None] = lambda: None  # stop watching a pid not ours now
         self._exited: asyncio.Future[int] | None = None
 
     @property
@@ -121,6 +96,7 @@ class ProcessLauncher:
                 start_new_session=True,  # own group: stop reaches its children too
             )
         except OSError as exc:
+            self.logfile.unwatch()
             raise StartError(
                 FailureReason.SPAWN_FAILED,
                 f"cannot run {spec.command[0]!r}: {exc.strerror or exc}",
@@ -130,7 +106,8 @@ class ProcessLauncher:
             if fd is not None:
                 os.close(fd)
         self._watch(proc.pid, proc.wait)
-        self._record(proc.pid)
+        self._child = True
+        self._remember(proc.pid)
         log.info("model=%s spawned pid=%d: %s", spec.name, proc.pid, " ".join(spec.command))
 
     def _refuse_taken_port(self) -> None:
@@ -154,70 +131,84 @@ class ProcessLauncher:
         fut: asyncio.Future[int] = loop.create_future()
         pidfd = os.pidfd_open(pid)
 
-        def on_exit() -> None:
+        def release(exit_status: int) -> None:
             loop.remove_reader(pidfd)
             os.close(pidfd)
-            self._gone(pid, fut, status())
+            self._gone(pid, fut, exit_status)
+
+        def on_exit() -> None:
+            # Whatever the leader left behind in its group must not outlive it. The group's
+            # id cannot be reused while members hold it (nor while our child is unreaped).
+            _killpg(pid, signal.SIGKILL)
+            release(status())
 
         loop.add_reader(pidfd, on_exit)
         self._pid, self._exited = pid, fut
+        self._disown = lambda: release(UNKNOWN_STATUS)
 
     def _gone(self, pid: int, fut: asyncio.Future[int], status: int) -> None:
-        # Whatever the leader left behind in its group must not outlive it.
-        _killpg(pid, signal.SIGKILL)
-        self._forget(pid)
+        self._record, self._child = None, False
+        self._disown = lambda: None
+        self.logfile.unwatch()
+        self.state.remove(pid)
         if not fut.done():
             fut.set_result(status)
 
+    def _signal(self, sig: int) -> None:
+        """Signal the model's group, only while its leader is still the process we started
+        (a recorded pid may have been reused, a state file may have been forged). One that
+        is not is let go: it counts as exited, with an unknown status."""
+        record = self._record
+        if self._child and self._pid is not None:
+            _killpg(self._pid, sig)
+        elif record is not None and is_ours(record):
+            _killpg(record.pid, sig)
+        else:
+            log.warning("model=%s pid %s is no longer the process model-starter started; "
+                        "not signalled, no longer watched", self.spec.name, self._pid)
+            self._disown()
+
     # -- adoption ----------------------------------------------------------------------------
 
-    def _record(self, pid: int) -> None:
-        data = {"pid": pid, "start_time": process_start_time(pid), "command": self.spec.command,
-                "port": self.spec.port}
+    def _remember(self, pid: int) -> None:
+        start = process_start_time(pid)
+        if start is None:
+            return  # already gone: `exited` resolves
+        self._record = Record(pid, start, tuple(self.spec.command), self.spec.port)
         try:
-            self.state_file.parent.mkdir(parents=True, exist_ok=True, mode=0o750)
-            tmp = self.state_file.with_suffix(".tmp")
-            tmp.write_text(json.dumps(data))
-            os.replace(tmp, self.state_file)
+            self.state.write(self._record)
         except OSError as exc:
-            log.error("model=%s cannot record pid in %s: %s", self.spec.name, self.state_file, exc)
-
-    def _forget(self, pid: int) -> None:
-        with contextlib.suppress(OSError, ValueError):
-            if json.loads(self.state_file.read_text()).get("pid") == pid:
-                self.state_file.unlink()
-
-    def recorded(self) -> dict[str, Any] | None:
-        try:
-            data = json.loads(self.state_file.read_text())
-        except (OSError, ValueError):
-            return None
-        return data if isinstance(data, dict) and isinstance(data.get("pid"), int) else None
+            log.error("model=%s cannot record pid in %s: %s", self.spec.name, self.state.path,
+                      exc.strerror or exc)
 
     async def adopt(self) -> bool:
         """Take over a process an earlier daemon started.
 
-        A recorded process that is gone, reused by someone else, or runs another
-        command than the config now says, is not adopted (the latter is stopped).
+        A record that is invalid, whose process is gone or is not the one we started (see
+        `statefile.is_ours`), is dropped; one that runs another command than the config now
+        says is stopped.
         """
-        data = self.recorded()
-        if data is None:
+        record = self.state.read()
+        if record is None:
             return False
-        pid = data["pid"]
-        if process_start_time(pid) != data.get("start_time"):
-            self.state_file.unlink(missing_ok=True)  # gone, or the pid now belongs to another
+        if not is_ours(record):
+            self.state.remove()  # gone, or the pid now belongs to another
             return False
-        if list(data.get("command", [])) != list(self.spec.command):
+        self._record = record
+        if record.command != tuple(self.spec.command):
             log.info("model=%s recorded pid %d runs an old command; stopping it", self.spec.name,
-                     pid)
-            _killpg(pid, signal.SIGKILL)
-            self.state_file.unlink(missing_ok=True)
+                     record.pid)
+            self._signal(signal.SIGKILL)
+            self._record = None
+            self.state.remove()
             return False
         try:
-            self._watch(pid, lambda: UNKNOWN_STATUS)
+            self._watch(record.pid, lambda: UNKNOWN_STATUS)
         except OSError:
-            self.state_file.unlink(missing_ok=True)
+            self._record = None
+            self.state.remove()
             return False
+        self.logfile.watch()
         return True
 
     # -- stop --------------------------------------------------------------------------------
@@ -230,13 +221,13 @@ class ProcessLauncher:
         if spec.stop_command:
             await self._run_stop_command(pid, spec.stop_command)
         else:
-            _killpg(pid, spec.stop_signal)
+            self._signal(spec.stop_signal)
         try:
             await asyncio.wait_for(asyncio.shield(exited), spec.stop_timeout)
         except TimeoutError:
             log.warning("model=%s pid=%d still running %.1fs after stop; sending SIGKILL",
                         spec.name, pid, spec.stop_timeout)
-            _killpg(pid, signal.SIGKILL)
+            self._signal(signal.SIGKILL)
             await asyncio.shield(exited)
 
     async def _run_stop_command(self, pid: int, argv: tuple[str, ...]) -> None:
@@ -247,7 +238,7 @@ class ProcessLauncher:
         except (OSError, TimeoutError) as exc:
             log.warning("model=%s stop_command failed (%s); sending %s", self.spec.name,
                         str(exc) or type(exc).__name__, signal.Signals(self.spec.stop_signal).name)
-            _killpg(pid, self.spec.stop_signal)
+            self._signal(self.spec.stop_signal)
             return
         if status:
             log.warning("model=%s stop_command exited %s: %s", self.spec.name, status,

@@ -1,7 +1,9 @@
 """Admission under capacity: a start may begin once its model's resources are free.
 
-Starts are admitted one at a time (a lock): admission picks victims with the pure
-`policy.choose_victims`, then asks each victim's owner to stop; an owner that became
+Starts are admitted one at a time (a lock): admission picks a minimal set of victims with
+the pure `policy.choose_victims` (idle before busy, then cheapest to bring back by each
+model's expected start — its measured starts, before any a quarter of its startup_timeout —
+then least recently used), then asks each victim's owner to stop; an owner that became
 busy in the meantime refuses, and admission looks again. Busy victims are waited
 for (their in-flight requests finish) up to the starting model's startup_timeout.
 """
@@ -51,6 +53,7 @@ class Admission:
                     name=sup.spec.name, holds=sup.spec.requires, last_used=sup.usage.last_activity,
                     busy=sup.busy(now), pinned=sup.spec.pinned,
                     evictable=sup.state is State.READY,
+                    start_seconds=sup.expected_start_seconds(),
                 ))
         return out
 

@@ -157,6 +157,25 @@ def test_pinned_model_is_never_evicted(tmp_path: Path, record: Path) -> None:
         assert st["b"]["state"] == "ready" and st["a"]["state"] == "stopped"
 
 
+def test_model_that_does_not_fit_beside_a_running_pinned_model(tmp_path: Path,
+                                                                record: Path) -> None:
+    """One model at a time with a pinned model: while the pinned one runs, the other gets
+    503 JSON + Retry-After within its startup_timeout and never starts; the pinned one
+    keeps running. Once the pinned one is down (admin stop), the other starts."""
+    models = {"pin": {**fake_model(free_port(), record=record), "pinned": True},
+              "other": {**fake_model(free_port(), record=record), "startup_timeout": 3}}
+    with stack(tmp_path, models) as s:
+        assert s.get("/pin/x").status == 200
+        resp = s.get("/other/x", timeout=3 + 2)  # never a hang: its startup_timeout bounds it
+        assert resp.status == 503 and int(resp.headers["retry-after"]) >= 1
+        assert resp.json()["error"] == "no_capacity"
+        st = s.status()
+        assert st["pin"]["state"] == "ready" and st["pin"]["starts"] == 1
+        assert starts(record, models["other"]["port"]) == []
+        assert s.direct("POST", "/_ms/models/pin/stop").status == 200
+        assert s.get("/other/x").status == 200
+
+
 def test_capacity_with_three_sizes(tmp_path: Path, record: Path) -> None:
     """80 units: small (20) + medium (30) fit together; large (60) stops a minimal set: medium
     alone frees enough, so small (the least recently used) keeps running."""

@@ -12,7 +12,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from model_starter.config import Config, ConfigError, load_config
+from model_starter.config import Config, ConfigError, capacity_warnings, load_config
 from model_starter.protocol import admin_path
 
 __all__ = ["main"]
@@ -64,6 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     config = _load(args.config)
     if args.cmd == "check":
         print(f"{args.config}: OK, {len(config.models)} model(s): {', '.join(config.models)}")
+        for warning in capacity_warnings(config):
+            print(f"warning: {warning}")
         return 0
     if args.cmd == "nginx":
         return _nginx(config, args.style, args.output_dir)

@@ -104,6 +104,43 @@ def test_swap_a_to_b_when_a_is_idle(tmp_path: Path, record: Path) -> None:
         assert not port_open(pa)
 
 
+def test_swap_right_after_a_cold_start_needs_no_grace(tmp_path: Path, record: Path) -> None:
+    """A's cold start released one held request; once its replay reached A (and ended), A is
+    idle: B's start evicts it at once. release_grace 60 s is only the upper bound; were it
+    what protected the replay, B would wait past its startup_timeout and get a 503."""
+    models = {"a": fake_model(free_port(), record=record),
+              "b": {**fake_model(free_port(), record=record), "startup_timeout": 5}}
+    with stack(tmp_path, models, extra={"release_grace": 60}) as s:
+        assert s.get("/a/x").status == 200  # cold: held, released, replayed
+        assert s.get("/b/x").status == 200
+        st = s.status()
+        assert (st["a"]["state"], st["b"]["state"]) == ("stopped", "ready")
+        assert st["a"]["stop_reason"] == "evicted"
+
+
+def test_swap_thrash_never_gives_502(tmp_path: Path, record: Path) -> None:
+    """Many concurrent requests alternating two models that do not fit together: every
+    replay reaches its model before the model can be evicted (no 502, no 504)."""
+    models = {"a": fake_model(free_port(), record=record),
+              "b": fake_model(free_port(), record=record)}
+    with stack(tmp_path, models) as s:
+        statuses: list[int] = []
+
+        def client(i: int) -> None:
+            for j in range(6):
+                statuses.append(s.get(f"/{'ab'[(i + j) % 2]}/x").status)
+
+        threads = [threading.Thread(target=client, args=(i,)) for i in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        assert len(statuses) == 48
+        assert set(statuses) <= {200, 503}, statuses  # 503: capacity_timeout, never 502
+        assert statuses.count(200) > 0
+        assert starts(record, models["a"]["port"]) and starts(record, models["b"]["port"])
+
+
 def test_swap_waits_for_busy_model(tmp_path: Path, record: Path) -> None:
     """B waits while A streams; A's stream completes; then B runs."""
     pa, pb = free_port(), free_port()

@@ -70,7 +70,7 @@ async def control(request: Request, name: str, action: str) -> HTTPResponse:
         await sup.stop(StopReason.MANUAL)
         return json_response(sup.snapshot())
     try:
-        await sup.ensure_ready()
+        await sup.ensure_ready(replay=False)
     except StartError as exc:
         return start_error_response(exc, name)
     return json_response(sup.snapshot())

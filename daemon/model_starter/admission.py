@@ -21,7 +21,9 @@ from model_starter.supervisor import ModelSupervisor
 
 __all__ = ["Admission"]
 
-DRAIN_POLL = 0.05
+# How often a start that waits for busy victims looks again (a kernel scan, ~1 ms): the
+# wait ends at most this long after the victim's last request or replay was seen.
+DRAIN_POLL = 0.01
 
 
 class Admission:

@@ -60,7 +60,7 @@ class ActivityMonitor:
         scan = scan_ports([*ports, *([shared] if shared is not None else [])])
         for port, sup in ports.items():
             act = scan[port]
-            sup.observe(act.in_flight, act.last_close_ago, now)
+            sup.observe(act.in_flight, act.last_close_ago, now, act.peers)
         if shared is not None:
             # Conservative: a connection to the shared server may be any of its models'.
             # Their last activity comes from nginx's per-request log instead.

@@ -165,7 +165,7 @@ class ModelPool:
 
 async def _preload(sup: ModelSupervisor) -> None:
     with contextlib.suppress(StartError):
-        await sup.ensure_ready()
+        await sup.ensure_ready(replay=False)
 
 
 def _keep_process_settings(new: Config, old: Config) -> Config:

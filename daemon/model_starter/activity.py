@@ -52,10 +52,16 @@ class PortActivity:
     # Every connection seen (in flight or in TIME_WAIT), by its other end: a connection
     # keeps that identity from connect to the end of TIME_WAIT (60 s), whichever side closed.
     peers: set[Peer] = field(default_factory=set)
+    # The same, by the other end's address (a shared server tells its clients apart so).
+    by_source: dict[str, PortActivity] = field(default_factory=dict)
 
     def closed(self, ago: float) -> None:
         if self.last_close_ago is None or ago < self.last_close_ago:
             self.last_close_ago = ago
+
+    def source(self, address: str) -> PortActivity:
+        """The connections from `address` alone."""
+        return self.by_source.get(address) or PortActivity()
 
 
 def scan_ports(ports: Iterable[int]) -> dict[int, PortActivity]:
@@ -152,12 +158,15 @@ def _count(out: dict[int, PortActivity], state: int, local: Peer, remote: Peer,
         act, peer = out[remote[1]], local
     else:
         return
-    act.peers.add(peer)
-    if state == ESTABLISHED:
-        if local[1] in out:  # the model's side of the connection
-            act.in_flight += 1
-        return
-    act.closed(max(0.0, TIME_WAIT_SECONDS - expires))
+    src = act.by_source.get(peer[0])
+    if src is None:
+        src = act.by_source[peer[0]] = PortActivity()
+    for a in (act, src):
+        a.peers.add(peer)
+        if state != ESTABLISHED:
+            a.closed(max(0.0, TIME_WAIT_SECONDS - expires))
+        elif local[1] in out:  # the model's side of the connection
+            a.in_flight += 1
 
 
 # -- /proc fallback --------------------------------------------------------------------------

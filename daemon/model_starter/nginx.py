@@ -48,6 +48,8 @@ from model_starter.protocol import (
     V2_NOT_LOADED_STATUSES,
     VIA_HEADER,
     VIA_NGINX,
+    per_model_activity,
+    v2_source_address,
 )
 
 __all__ = ["STYLES", "render", "render_files"]
@@ -174,6 +176,9 @@ def _model_locations(config: Config, spec: ModelSpec) -> list[str]:
         bare, strip = f"rewrite ^ {prefix} break;", f"rewrite ^/{rx}/(.*)$ {prefix}/$1 break;"
         log = f"access_log syslog:server={_daemon_addr(config)},tag={ACTIVITY_LOG_TAG},nohostname "
         proxy = [*proxy, f"{log}{ACTIVITY_FORMAT};"]
+        if per_model_activity(config.inference.host):
+            # Its own loopback source: the daemon's socket scan tells the models apart.
+            proxy.append(f"proxy_bind {v2_source_address(spec.v2_name or name)};")
         down = _codes(*V2_NOT_LOADED_STATUSES, NGINX_BAD_GATEWAY)
         on_down = ["proxy_intercept_errors on;", f"error_page {down} = {start};",
                    "recursive_error_pages on;"]

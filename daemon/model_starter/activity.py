@@ -15,6 +15,7 @@ parse every time. /proc is the fallback where netlink is unavailable.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import socket
 import struct
@@ -73,9 +74,19 @@ def scan_ports(ports: Iterable[int]) -> dict[int, PortActivity]:
         return scan_ports_proc(wanted)
 
 
-def peers_of(port: int) -> frozenset[Peer]:
-    """The connections to `port` that exist now (in flight or in TIME_WAIT)."""
-    return frozenset(scan_ports([port])[port].peers)
+def peers_of(port: int, host: str = "") -> frozenset[Peer]:
+    """The connections to `port` that exist now (in flight or in TIME_WAIT). A model on an
+    address literal has connections of that family only: one netlink dump instead of two."""
+    try:
+        v4 = ipaddress.ip_address(host).version == 4
+        families: tuple[int, ...] = (socket.AF_INET,) if v4 else (socket.AF_INET6,)
+    except ValueError:  # a name: either
+        families = FAMILIES
+    try:
+        act = scan_ports_netlink({port}, families)[port]
+    except OSError:
+        act = scan_ports_proc({port})[port]
+    return frozenset(act.peers)
 
 
 # -- netlink ---------------------------------------------------------------------------------
@@ -137,12 +148,16 @@ def _dump(sock: socket.socket, request: bytes, family: int) -> list[Row]:
             offset += (length + 3) & ~3
 
 
-def scan_ports_netlink(ports: set[int]) -> dict[int, PortActivity]:
+FAMILIES = (socket.AF_INET, socket.AF_INET6)
+
+
+def scan_ports_netlink(ports: set[int], families: tuple[int, ...] = FAMILIES
+                       ) -> dict[int, PortActivity]:
     out = {p: PortActivity() for p in ports}
     if not ports:
         return out
     with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_SOCK_DIAG) as sock:
-        for seq, family in enumerate((socket.AF_INET, socket.AF_INET6), 1):
+        for seq, family in enumerate(families, 1):
             rows = _dump(sock, _request(family, sorted(ports), seq), family)
             for state, sport, dport, expires, src, dst in rows:
                 _count(out, state, (src, sport), (dst, dport), expires / 1000)

@@ -55,7 +55,7 @@ class ModelSupervisor:
         before_start: Callable[[ModelSupervisor], Awaitable[None]] | None = None,
         release_grace: float = 3.0,
         clock: Callable[[], float] = time.monotonic,
-        peers: Callable[[int], frozenset[Peer]] = peers_of,
+        peers: Callable[[int, str], frozenset[Peer]] = peers_of,
     ) -> None:
         self.spec = spec
         self._peers = peers  # the connections a port has now (the replays' baseline)
@@ -258,7 +258,7 @@ class ModelSupervisor:
 
     def _became_ready(self, replays: int) -> None:
         port = self.launcher.activity_port
-        baseline = self._peers(port) if replays and port is not None else None
+        baseline = self._peers(port, self.spec.host) if replays and port is not None else None
         self.history.last_error = None
         self.usage.released(self._clock(), replays, baseline)
         self._end(State.READY)

@@ -197,3 +197,35 @@ def test_readme_tables_are_the_generated_reference() -> None:
                          capture_output=True, text=True, check=True)
     assert out.stdout == markdown()
     assert markdown() in (ROOT / "README.md").read_text(encoding="utf-8")
+
+
+PINNED = """\
+models:
+  pin: {command: [x], port: 9001, pinned: true%s}
+  other: {command: [y], port: 9002}
+"""
+
+
+def test_pinned_model_that_is_down_holds_nothing(tmp_path: Path) -> None:
+    """One model at a time and a pinned model: the other model is valid; `check` exits 0
+    and warns that it runs only while the pinned one is down."""
+    path = tmp_path / "pinned.yaml"
+    path.write_text(PINNED % "")
+    out = subprocess.run([sys.executable, "-m", "model_starter", "check", "-c", str(path)],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert (f"warning: {path}: models.other: runs only while pinned model 'pin' is down "
+            "(while it runs, requests get 503; short of models)") in out.stdout
+
+
+def test_pinned_models_that_always_run_must_fit_together() -> None:
+    """Pinned + preload + idle_timeout 0 models that do not fit together can never work; a
+    model larger than the capacity neither."""
+    always = ", preload: true, idle_timeout: 0"
+    text = PINNED % always + f"  pin2: {{command: [z], port: 9003, pinned: true{always}}}\n"
+    assert problems(text) == [
+        "c.yaml:2: models: pinned models pin, pin2 (preload, idle_timeout 0) can never run "
+        "together: they need 2 of models (capacity 1)"]
+    parse_config(PINNED % always, "c.yaml", environ={})  # one of them alone is fine
+    big = "resources: {gpu: 10}\nmodels:\n  m: {command: [x], port: 9001, requires: {gpu: 11}}\n"
+    assert problems(big) == ["c.yaml:3: models.m.requires.gpu: 11 can never fit: the capacity is 10"]

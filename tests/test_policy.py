@@ -28,7 +28,8 @@ CAP = {"gpu": 80.0}
         (40, [h("a", 40, 1)], (), True),
         # least recently used first
         (40, [h("a", 40, 5), h("b", 24, 1)], ("b",), True),
-        (48, [h("a", 40, 5), h("b", 24, 1)], ("b", "a"), True),
+        # a minimal set: b (the older) frees too little, a alone frees enough; b keeps running
+        (48, [h("a", 40, 5), h("b", 24, 1)], ("a",), True),
         (60, [h("a", 40, 5), h("b", 24, 1)], ("b", "a"), True),
         # idle before busy, even if the busy one is older
         (48, [h("a", 30, 1, busy=True), h("b", 30, 9)], ("b",), True),
@@ -50,6 +51,44 @@ def test_choose_victims(needs: float, holders: list[Holder], victims: tuple[str,
     """Victims: idle first, then least recently used; pinned and transitioning never."""
     got = choose_victims({"gpu": needs}, CAP, holders)
     assert (got.names, got.fits) == (victims, fits)
+
+
+def hc(name: str, gpu: float, last: float, start: float, busy: bool = False) -> Holder:
+    return Holder(name, {"gpu": gpu}, last, busy, start_seconds=start)
+
+
+@pytest.mark.parametrize(
+    ("cap", "needs", "holders", "victims"),
+    [
+        # the issue's case: S (3, least recently used) and M (6) run, L (6) comes: M alone
+        (10, 6, [hc("S", 3, 1, 1.0), hc("M", 6, 2, 1.0)], ("M",)),
+        # two sets free enough; the one cheaper to bring back goes (even the more recent)
+        (14, 6, [hc("a", 6, 1, 5.0), hc("b", 6, 2, 1.0), hc("c", 1, 0, 1.0)], ("b",)),
+        # the same cost: least recently used
+        (14, 6, [hc("a", 6, 1, 1.0), hc("b", 6, 2, 1.0), hc("c", 1, 0, 1.0)], ("a",)),
+        # one slow start costs more than two quick ones
+        (10, 4, [hc("big", 6, 1, 9.0), hc("x", 2, 2, 1.0), hc("y", 2, 3, 1.0)], ("x", "y")),
+        # idle over busy, whatever the cost
+        (12, 6, [hc("a", 6, 1, 1.0, busy=True), hc("b", 6, 2, 9.0)], ("b",)),
+        # fewer busy models stopped even when that means more models
+        (10, 4, [hc("a", 6, 1, 1.0, busy=True), hc("x", 2, 2, 1.0), hc("y", 2, 3, 1.0)],
+         ("x", "y")),
+        # a model whose stop is not needed is never in the set (x is redundant beside a)
+        (10, 8, [hc("x", 1, 0, 0.1), hc("a", 8, 5, 0.1)], ("a",)),
+    ],
+)
+def test_eviction_is_minimal_and_cheapest(cap: float, needs: float, holders: list[Holder],
+                                          victims: tuple[str, ...]) -> None:
+    """Only a minimal set stops: idle before busy, then the cheapest to bring back, then LRU."""
+    got = choose_victims({"gpu": needs}, {"gpu": cap}, holders)
+    assert (got.names, got.fits) == (victims, True)
+
+
+def test_eviction_with_many_candidates_is_still_minimal() -> None:
+    """Past the exhaustive limit the greedy choice is pruned: no stop that is not needed."""
+    holders = [hc(f"m{i:02}", 1, i, 1.0) for i in range(20)] + [hc("big", 30, 50, 1.0)]
+    got = choose_victims({"gpu": 31}, {"gpu": 51}, holders)
+    assert got.names == ("big",)
 
 
 def test_victims_that_free_nothing_needed_are_spared() -> None:

@@ -29,6 +29,7 @@ from model_starter.launchers import StartError
 from model_starter.launchers.base import LauncherKind
 from model_starter.monitor import ActivityMonitor
 from model_starter.supervisor import ModelSupervisor
+from model_starter.usage import HeldTotal, Usage
 
 
 class FakeClock:
@@ -438,3 +439,32 @@ async def test_inherit_copies_history_and_listeners() -> None:
     assert new.history.starts == 1 and new.history is not old.history
     new.listeners.clear()
     assert old.listeners  # not shared
+
+
+def test_released_requests_protect_the_model_until_their_replays_are_seen() -> None:
+    """Two requests released at t: busy until two connections not there at t were seen (in
+    flight or already in TIME_WAIT); release_grace only bounds the wait."""
+    usage = Usage(0.0, release_grace=3.0, total=HeldTotal(4096))
+    probe, r1, r2 = ("127.0.0.1", 40001), ("127.0.0.1", 40002), ("127.0.0.1", 40003)
+    usage.released(10.0, 2, frozenset({probe}))
+    assert usage.busy(10.0)
+    usage.observe(0, 0.0, 10.01, {probe, r1})  # the health probe does not count
+    assert usage.busy(10.01)
+    usage.observe(0, 0.0, 10.02, {probe, r1, r2})  # both replays came and went
+    assert not usage.busy(10.02)
+    usage.released(20.0, 1, frozenset())  # a replay that never shows: the upper bound
+    usage.observe(0, None, 21.0, set())
+    assert usage.busy(22.9) and not usage.busy(23.0)
+    usage.released(30.0, 0, None)  # nobody held (preload, admin start): nothing to protect
+    assert not usage.busy(30.0)
+    usage.released(40.0, 1, None)  # no baseline (a shared port): the bound alone
+    usage.observe(0, 0.0, 40.5, {r1, r2})
+    assert usage.busy(42.9) and not usage.busy(43.0)
+
+
+async def test_preload_and_admin_starts_hold_no_replays() -> None:
+    """Only the requests nginx will replay protect a just-started model."""
+    clock = FakeClock()
+    sup, _, _ = supervisor(clock, [1.0])
+    await sup.ensure_ready(replay=False)
+    assert sup.usage.replays_pending == 0 and not sup.busy()

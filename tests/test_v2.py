@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import signal
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -161,3 +162,36 @@ def test_inference_server_crash_marks_models_down_then_recovers(tmp_path: Path) 
         assert resp.status == 200, resp
         assert mlserver.predictions(resp.json()) == [mlserver.IRIS_PREDICTION]
         assert s.direct("GET", "/_ms/status").json()["inference_server"]["pid"] != server["pid"]
+
+
+def test_idle_v2_model_is_unloaded_beside_a_busy_one(tmp_path: Path) -> None:
+    """iris idle while wine, on the same server, is under constant load: each V2 model's
+    requests come from its own loopback source (proxy_bind), so iris is unloaded on time and
+    wine never; the daemon's own calls to the server (loads, ready probes) never count."""
+    models, extra, port = v2_config(tmp_path, ["iris", "wine"], idle_timeout=2)
+    with stack(tmp_path, models, extra=extra) as s:
+        assert infer(s, "iris").status == 200 and infer(s, "wine").status == 200
+        assert {m["activity"] for m in s.status().values()} == {"source_address"}
+        done = threading.Event()
+        statuses: list[int] = []
+
+        def load() -> None:
+            while not done.is_set():
+                statuses.append(infer(s, "wine").status)
+
+        worker = threading.Thread(target=load)
+        worker.start()
+        try:
+            wait_for(lambda: s.status()["iris"]["state"] == "stopped", 15, "iris idle unload")
+            st = s.status()
+            assert st["iris"]["stop_reason"] == "idle" and st["wine"]["state"] == "ready"
+            # wine keeps running for well past its idle_timeout under the load
+            seen = len(statuses)
+            wait_for(lambda: len(statuses) > seen + 400, 60, "400 more wine requests")
+            assert s.status()["wine"]["state"] == "ready"
+        finally:
+            done.set()
+            worker.join(30)
+        assert set(statuses) == {200}
+        assert loads(s, "wine") == 1 and loads(s, "iris") == 1
+        assert index(port)["wine"] == "READY" and index(port)["iris"] != "READY"

@@ -15,15 +15,17 @@ parse every time. /proc is the fallback where netlink is unavailable.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import socket
 import struct
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from model_starter.netstat import tcp_rows
 
-__all__ = ["PortActivity", "scan_ports", "scan_ports_netlink", "scan_ports_proc"]
+__all__ = ["Peer", "PortActivity", "peers_of", "scan_ports", "scan_ports_netlink",
+           "scan_ports_proc"]
 
 ESTABLISHED, TIME_WAIT = 1, 6
 TIME_WAIT_SECONDS = 60.0
@@ -41,23 +43,50 @@ _REQ = struct.Struct("=BBBBI48s")
 _MSG = struct.Struct("=BBBB2s2s16s16sI8sIIIII")  # inet_diag_msg
 
 
+Peer = tuple[str, int]  # the other end of a connection to a port: (address, port)
+
+
 @dataclass
 class PortActivity:
     in_flight: int = 0
     last_close_ago: float | None = None  # seconds since the newest request on it ended
+    # Every connection seen (in flight or in TIME_WAIT), by its other end: a connection
+    # keeps that identity from connect to the end of TIME_WAIT (60 s), whichever side closed.
+    peers: set[Peer] = field(default_factory=set)
+    # The same, by the other end's address (a shared server tells its clients apart so).
+    by_source: dict[str, PortActivity] = field(default_factory=dict)
 
     def closed(self, ago: float) -> None:
         if self.last_close_ago is None or ago < self.last_close_ago:
             self.last_close_ago = ago
 
+    def source(self, address: str) -> PortActivity:
+        """The connections from `address` alone."""
+        return self.by_source.get(address) or PortActivity()
+
 
 def scan_ports(ports: Iterable[int]) -> dict[int, PortActivity]:
-    """In-flight connections and the newest close, per local port."""
+    """In-flight connections, the newest close and the connections seen, per local port."""
     wanted = set(ports)
     try:
         return scan_ports_netlink(wanted)
     except OSError:
         return scan_ports_proc(wanted)
+
+
+def peers_of(port: int, host: str = "") -> frozenset[Peer]:
+    """The connections to `port` that exist now (in flight or in TIME_WAIT). A model on an
+    address literal has connections of that family only: one netlink dump instead of two."""
+    try:
+        v4 = ipaddress.ip_address(host).version == 4
+        families: tuple[int, ...] = (socket.AF_INET,) if v4 else (socket.AF_INET6,)
+    except ValueError:  # a name: either
+        families = FAMILIES
+    try:
+        act = scan_ports_netlink({port}, families)[port]
+    except OSError:
+        act = scan_ports_proc({port})[port]
+    return frozenset(act.peers)
 
 
 # -- netlink ---------------------------------------------------------------------------------
@@ -89,10 +118,15 @@ def _request(family: int, ports: list[int], seq: int) -> bytes:
     return header + body
 
 
-def _dump(sock: socket.socket, request: bytes) -> list[tuple[int, int, int, int]]:
-    """(state, source port, destination port, expires in ms) of each matched socket."""
+Row = tuple[int, int, int, int, str, str]
+
+
+def _dump(sock: socket.socket, request: bytes, family: int) -> list[Row]:
+    """(state, source port, destination port, expires in ms, source and destination
+    address) of each matched socket."""
     sock.send(request)
-    out: list[tuple[int, int, int, int]] = []
+    size = 4 if family == socket.AF_INET else 16
+    out: list[Row] = []
     while True:
         data = sock.recv(1 << 16)
         offset = 0
@@ -106,27 +140,48 @@ def _dump(sock: socket.socket, request: bytes) -> list[tuple[int, int, int, int]
             if kind == SOCK_DIAG_BY_FAMILY:
                 f = _MSG.unpack_from(data, offset + _NLMSG.size)
                 sport, dport = struct.unpack(">H", f[4])[0], struct.unpack(">H", f[5])[0]
-                out.append((f[1], sport, dport, f[10]))  # state, ports, expires (ms)
+                out.append((f[1], sport, dport, f[10],  # state, ports, expires (ms)
+                            socket.inet_ntop(family, f[6][:size]),
+                            socket.inet_ntop(family, f[7][:size])))
             if length < _NLMSG.size:
                 raise OSError("sock_diag: malformed message")
             offset += (length + 3) & ~3
 
 
-def scan_ports_netlink(ports: set[int]) -> dict[int, PortActivity]:
+FAMILIES = (socket.AF_INET, socket.AF_INET6)
+
+
+def scan_ports_netlink(ports: set[int], families: tuple[int, ...] = FAMILIES
+                       ) -> dict[int, PortActivity]:
     out = {p: PortActivity() for p in ports}
     if not ports:
         return out
     with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_SOCK_DIAG) as sock:
-        for seq, family in enumerate((socket.AF_INET, socket.AF_INET6), 1):
-            for state, sport, dport, expires in _dump(sock, _request(family, sorted(ports), seq)):
-                if state == ESTABLISHED:
-                    if sport in ports:  # the model's side of the connection
-                        out[sport].in_flight += 1
-                    continue
-                port = sport if sport in ports else dport
-                if port in ports:
-                    out[port].closed(max(0.0, TIME_WAIT_SECONDS - expires / 1000))
+        for seq, family in enumerate(families, 1):
+            rows = _dump(sock, _request(family, sorted(ports), seq), family)
+            for state, sport, dport, expires, src, dst in rows:
+                _count(out, state, (src, sport), (dst, dport), expires / 1000)
     return out
+
+
+def _count(out: dict[int, PortActivity], state: int, local: Peer, remote: Peer,
+           expires: float) -> None:
+    """One socket: `local` is its own end, `remote` the other; `expires` in seconds."""
+    if local[1] in out:
+        act, peer = out[local[1]], remote
+    elif remote[1] in out:
+        act, peer = out[remote[1]], local
+    else:
+        return
+    src = act.by_source.get(peer[0])
+    if src is None:
+        src = act.by_source[peer[0]] = PortActivity()
+    for a in (act, src):
+        a.peers.add(peer)
+        if state != ESTABLISHED:
+            a.closed(max(0.0, TIME_WAIT_SECONDS - expires))
+        elif local[1] in out:  # the model's side of the connection
+            a.in_flight += 1
 
 
 # -- /proc fallback --------------------------------------------------------------------------
@@ -142,14 +197,15 @@ def scan_ports_proc(ports: set[int], proc: str = "/proc") -> dict[int, PortActiv
         state = int(row[3], 16)
         if state not in (ESTABLISHED, TIME_WAIT):
             continue
-        local = int(row[1].rsplit(":", 1)[1], 16)
-        if state == ESTABLISHED:
-            if local in ports:  # the model's side of the connection
-                out[local].in_flight += 1
-            continue
-        remote = int(row[2].rsplit(":", 1)[1], 16)
-        port = local if local in ports else remote if remote in ports else None
-        if port is not None:
-            remaining = int(row[5].split(":")[1], 16) / _TICKS
-            out[port].closed(max(0.0, TIME_WAIT_SECONDS - remaining))
+        local, remote = _proc_addr(row[1]), _proc_addr(row[2])
+        _count(out, state, local, remote, int(row[5].split(":")[1], 16) / _TICKS)
     return out
+
+
+def _proc_addr(field_: str) -> Peer:
+    """``0100007F:1F90`` (an IPv4 address as the host's 32-bit word) -> ("127.0.0.1", 8080);
+    IPv6 addresses are kept as their hex text (only compared, never shown)."""
+    addr, port = field_.rsplit(":", 1)
+    if len(addr) == 8:
+        addr = socket.inet_ntop(socket.AF_INET, struct.pack("=I", int(addr, 16)))
+    return addr, int(port, 16)

@@ -58,7 +58,8 @@ async def status(request: Request) -> HTTPResponse:
     # What the inference server itself says about each model (V2: its repository index).
     states = await asyncio.gather(*(sup.launcher.server_state() for sup in sups))
     return json_response({
-        "models": [{**sup.snapshot(), "server_state": state}
+        "models": [{**sup.snapshot(), "server_state": state,
+                    "activity": pool.activity_rule(sup)}
                    for sup, state in zip(sups, states, strict=True)],
         "inference_server": None if server is None else server.snapshot(),
     })
@@ -74,7 +75,7 @@ async def control(request: Request, name: str, action: str) -> HTTPResponse:
         await sup.stop(StopReason.MANUAL)
         return json_response(sup.snapshot())
     try:
-        await sup.ensure_ready()
+        await sup.ensure_ready(replay=False)
     except StartError as exc:
         return start_error_response(exc, name)
     return json_response(sup.snapshot())

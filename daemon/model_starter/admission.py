@@ -1,7 +1,9 @@
 """Admission under capacity: a start may begin once its model's resources are free.
 
-Starts are admitted one at a time (a lock): admission picks victims with the pure
-`policy.choose_victims`, then asks each victim's owner to stop; an owner that became
+Starts are admitted one at a time (a lock): admission picks a minimal set of victims with
+the pure `policy.choose_victims` (idle before busy, then cheapest to bring back by each
+model's expected start — its measured starts, before any a quarter of its startup_timeout —
+then least recently used), then asks each victim's owner to stop; an owner that became
 busy in the meantime refuses, and admission looks again. Busy victims are waited
 for (their in-flight requests finish) up to the starting model's startup_timeout.
 """
@@ -19,7 +21,9 @@ from model_starter.supervisor import ModelSupervisor
 
 __all__ = ["Admission"]
 
-DRAIN_POLL = 0.05
+# How often a start that waits for busy victims looks again (a kernel scan, ~1 ms): the
+# wait ends at most this long after the victim's last request or replay was seen.
+DRAIN_POLL = 0.01
 
 
 class Admission:
@@ -51,6 +55,7 @@ class Admission:
                     name=sup.spec.name, holds=sup.spec.requires, last_used=sup.usage.last_activity,
                     busy=sup.busy(now), pinned=sup.spec.pinned,
                     evictable=sup.state is State.READY,
+                    start_seconds=sup.expected_start_seconds(),
                 ))
         return out
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from model_starter.cli_logs import add_logs_arguments, logs_command
-from model_starter.config import Config, ConfigError, load_config
+from model_starter.config import Config, ConfigError, capacity_warnings, load_config
 from model_starter.protocol import admin_path
 
 __all__ = ["main"]
@@ -78,6 +78,8 @@ def main(argv: list[str] | None = None) -> int:
             print(note, file=sys.stderr)
     if args.cmd == "check":
         print(f"{args.config}: OK, {len(config.models)} model(s): {', '.join(config.models)}")
+        for warning in capacity_warnings(config):
+            print(f"warning: {warning}")
         return 0
     if args.cmd == "nginx":
         return _nginx(config, args.style, args.output_dir)

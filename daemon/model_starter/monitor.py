@@ -15,9 +15,9 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from model_starter.activity import scan_ports
+from model_starter.activity import PortActivity, scan_ports
 from model_starter.events import State, StopReason
-from model_starter.protocol import parse_activity_datagram
+from model_starter.protocol import parse_activity_datagram, v2_source_address
 from model_starter.supervisor import ModelSupervisor
 
 __all__ = ["ActivityMonitor"]
@@ -39,16 +39,19 @@ class ActivityMonitor:
         after_scan: Callable[[], None],
         clock: Callable[[], float] = time.monotonic,
         own_calls: Callable[[], int] = lambda: 0,
+        per_model: Callable[[], bool] = lambda: False,
     ) -> None:
         """`models`: every model by name; `shared`: the models on the shared inference
         server by their name there; `shared_port`: that server's port (None: no such models);
-        `own_calls`: the daemon's own calls to that server under way (not the models' use)."""
+        `own_calls`: the daemon's own calls to that server under way (not the models' use);
+        `per_model`: the server is local, each V2 model's requests have their own source."""
         self._models = models
         self._shared = shared
         self._shared_port = shared_port
         self._after_scan = after_scan
         self._clock = clock
         self._own_calls = own_calls
+        self._per_model = per_model
         self._udp: asyncio.DatagramTransport | None = None
 
     def refresh(self) -> None:
@@ -60,13 +63,23 @@ class ActivityMonitor:
         scan = scan_ports([*ports, *([shared] if shared is not None else [])])
         for port, sup in ports.items():
             act = scan[port]
-            sup.observe(act.in_flight, act.last_close_ago, now)
+            sup.observe(act.in_flight, act.last_close_ago, now, act.peers)
         if shared is not None:
-            # Conservative: a connection to the shared server may be any of its models'.
-            # Their last activity comes from nginx's per-request log instead.
-            busy = max(0, scan[shared].in_flight - self._own_calls())
-            for sup in self._shared().values():
-                sup.observe(busy, None, now)
+            self._observe_shared(scan[shared], now)
+
+    def _observe_shared(self, act: PortActivity, now: float) -> None:
+        """On a local server each V2 model's requests come from its own loopback address
+        (nginx's proxy_bind): counted per model, the daemon's own calls (from 127.0.0.1)
+        never. On a remote one, conservatively: any connection but the daemon's own calls
+        may be any model's; their last activity then comes from nginx's per-request log."""
+        if self._per_model():
+            for name, sup in self._shared().items():
+                mine = act.source(v2_source_address(name))
+                sup.observe(mine.in_flight, mine.last_close_ago, now)
+            return
+        busy = max(0, act.in_flight - self._own_calls())
+        for sup in self._shared().values():
+            sup.observe(busy, None, now)
 
     def stop_idle(self) -> None:
         now = self._clock()

@@ -54,6 +54,8 @@ from model_starter.protocol import (
     V2_NOT_LOADED_STATUSES,
     VIA_HEADER,
     VIA_NGINX,
+    per_model_activity,
+    v2_source_address,
 )
 from model_starter.routing import STARTER_UPSTREAM, Route, route, starter_upstreams
 
@@ -178,6 +180,9 @@ def _model_locations(config: Config, spec: ModelSpec) -> list[str]:
         replay = [f"proxy_pass http://{upstream};"]
         log = f"access_log syslog:server={r.daemon},tag={ACTIVITY_LOG_TAG},nohostname "
         proxy = [*proxy, f"{log}{ACTIVITY_FORMAT};"]
+        if per_model_activity(config.inference.host):
+            # Its own loopback source: the daemon's socket scan tells the models apart.
+            proxy.append(f"proxy_bind {v2_source_address(spec.v2_name or name)};")
         down = _codes(*V2_NOT_LOADED_STATUSES, *_down_codes(r))
         on_down = ["proxy_intercept_errors on;", f"error_page {down} = {start};",
                    "recursive_error_pages on;"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import itertools
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ class Holder:
     busy: bool = False  # requests in flight, held, or just released for replay
     pinned: bool = False
     evictable: bool = True  # False while starting or stopping
+    start_seconds: float = 0.0  # what bringing it back would cost (its expected start)
 
 
 @dataclass(frozen=True)
@@ -57,7 +59,13 @@ def choose_victims(
     capacity: Mapping[str, float],
     holders: Sequence[Holder],
 ) -> Victims:
-    """Pick models to stop so `requires` fits: idle before busy, least recently used first.
+    """Pick a minimal set of models to stop so `requires` fits.
+
+    Minimal: no model in the set could be left running and the new one still fit.
+    Among the minimal sets, the one with the fewest busy models, then the cheapest to
+    bring back (the sum of their `start_seconds`), then the least recently used (the
+    set whose most recently used member was used longest ago, and so on). The names
+    come in stop order: idle before busy, least recently used first.
 
     Pinned and non-evictable holders are never chosen; a holder that frees nothing the
     new model needs is never chosen. If even every candidate would not make room, the
@@ -69,18 +77,75 @@ def choose_victims(
     short = {res for res, amount in requires.items() if free.get(res, 0.0) < amount - 1e-9}
     candidates = sorted(
         (h for h in holders if h.evictable and not h.pinned and short & set(h.holds)),
-        key=lambda h: (h.busy, h.last_used, h.name),
+        key=_stop_order,
     )
-    chosen: list[Holder] = []
-    for h in candidates:
-        chosen.append(h)
+    best: tuple[Holder, ...] | None = None
+    for chosen in _minimal_sets(requires, free, candidates):
+        if best is None or _set_rank(chosen) < _set_rank(best):
+            best = chosen
+    if best is None:
+        return Victims((), False)
+    ordered = sorted(best, key=_stop_order)
+    return Victims(tuple(c.name for c in ordered), True, tuple(c.name for c in ordered if c.busy))
+
+
+# Above this many candidates the sets are not all tried: the greedy choice, pruned.
+EXHAUSTIVE_LIMIT = 10
+
+
+def _stop_order(h: Holder) -> tuple[bool, float, str]:
+    return (h.busy, h.last_used, h.name)
+
+
+def _set_rank(chosen: Sequence[Holder]) -> tuple[int, float, tuple[float, ...], tuple[str, ...]]:
+    return (
+        sum(h.busy for h in chosen),
+        round(sum(h.start_seconds for h in chosen), 6),
+        tuple(sorted((h.last_used for h in chosen), reverse=True)),
+        tuple(sorted(h.name for h in chosen)),
+    )
+
+
+def _frees_enough(
+    requires: Mapping[str, float], free: Mapping[str, float], chosen: Iterable[Holder]
+) -> bool:
+    after = dict(free)
+    for h in chosen:
         for res, amount in h.holds.items():
-            free[res] = free.get(res, 0.0) + amount
-        if fits(requires, free):
-            return Victims(
-                tuple(c.name for c in chosen), True, tuple(c.name for c in chosen if c.busy)
-            )
-    return Victims((), False)
+            after[res] = after.get(res, 0.0) + amount
+    return fits(requires, after)
+
+
+def _is_minimal(
+    requires: Mapping[str, float], free: Mapping[str, float], chosen: tuple[Holder, ...]
+) -> bool:
+    """Fits, and would not fit with any one member left running (fitting is monotone)."""
+    return _frees_enough(requires, free, chosen) and not any(
+        _frees_enough(requires, free, chosen[:i] + chosen[i + 1:]) for i in range(len(chosen))
+    )
+
+
+def _minimal_sets(
+    requires: Mapping[str, float], free: Mapping[str, float], candidates: Sequence[Holder]
+) -> Iterable[tuple[Holder, ...]]:
+    if not _frees_enough(requires, free, candidates):
+        return
+    if len(candidates) <= EXHAUSTIVE_LIMIT:
+        for size in range(1, len(candidates) + 1):
+            for chosen in itertools.combinations(candidates, size):
+                if _is_minimal(requires, free, chosen):
+                    yield chosen
+        return
+    chosen_list: list[Holder] = []  # greedy in stop order, then drop what is not needed
+    for h in candidates:
+        chosen_list.append(h)
+        if _frees_enough(requires, free, chosen_list):
+            break
+    for h in sorted(chosen_list, key=_stop_order, reverse=True):
+        rest = [c for c in chosen_list if c is not h]
+        if _frees_enough(requires, free, rest):
+            chosen_list = rest
+    yield tuple(chosen_list)
 
 
 def backoff_until(

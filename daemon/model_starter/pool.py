@@ -31,6 +31,7 @@ from model_starter.launchers.v2 import ServerCalls, V2Launcher
 from model_starter.lifecycle import lifecycle_for
 from model_starter.logfile import LogFile
 from model_starter.monitor import ActivityMonitor
+from model_starter.protocol import ActivityRule, per_model_activity
 from model_starter.reloader import Reloader
 from model_starter.supervisor import ModelSupervisor
 from model_starter.usage import HeldTotal
@@ -55,7 +56,8 @@ class ModelPool:
         self._reloader = Reloader(self.models, self._add, self._spawn)
         self.monitor = ActivityMonitor(lambda: self.models, self.shared_models,
                                        self._shared_port, self._reloader.apply_pending, clock,
-                                       lambda: self._server_calls.under_way)
+                                       lambda: self._server_calls.under_way,
+                                       lambda: per_model_activity(self.config.inference.host))
         self.admission = Admission(lambda: self.models, lambda: self.config.resources,
                                    self.monitor.refresh, clock)
 
@@ -66,6 +68,13 @@ class ModelPool:
         """The V2 models, by their name on the inference server."""
         return {sup.launcher.name: sup for sup in self.models.values()
                 if isinstance(sup.launcher, V2Launcher)}
+
+    def activity_rule(self, sup: ModelSupervisor) -> ActivityRule:
+        """How the model's requests in flight are seen (the status shows it)."""
+        if not isinstance(sup.launcher, V2Launcher):
+            return "port"
+        return "source_address" if per_model_activity(self.config.inference.host) \
+            else "shared_server"
 
     def _shared_port(self) -> int | None:
         return self.config.inference.port if self.shared_models() else None
@@ -171,7 +180,7 @@ class ModelPool:
 
 async def _preload(sup: ModelSupervisor) -> None:
     with contextlib.suppress(StartError):
-        await sup.ensure_ready()
+        await sup.ensure_ready(replay=False)
 
 
 def _keep_process_settings(new: Config, old: Config) -> Config:

@@ -7,6 +7,8 @@ paths. Change a name here and every side changes with it.
 
 from __future__ import annotations
 
+import hashlib
+import ipaddress
 import re
 from typing import Final, Literal
 
@@ -40,6 +42,7 @@ __all__ = [
     "V2_PREFIX",
     "VIA_HEADER",
     "VIA_NGINX",
+    "ActivityRule",
     "AdminPath",
     "Answer",
     "Mode",
@@ -47,7 +50,9 @@ __all__ = [
     "first_upstream_status",
     "is_openai_path",
     "parse_activity_datagram",
+    "per_model_activity",
     "request_reached_model",
+    "v2_source_address",
 ]
 
 # -- request headers nginx sets towards the daemon ------------------------------------------
@@ -153,3 +158,29 @@ def parse_activity_datagram(data: bytes) -> str | None:
         return None
     words = text[marker + len(_V2_PATH):].split("/", 1)[0].split()
     return words[0] if words else None
+
+
+# How a model's requests in flight are seen: at its own port; on the shared V2 server by
+# the source address nginx connects from (one per model); or any connection to that
+# server counts for every V2 model (a remote server: the conservative rule).
+ActivityRule = Literal["port", "source_address", "shared_server"]
+
+
+def per_model_activity(inference_host: str) -> bool:
+    """The shared server listens on an IPv4 loopback address of this host: nginx can connect
+    from a distinct loopback source per V2 model (Linux routes all of 127.0.0.0/8 locally)
+    and the kernel's socket table tells the models apart. A name (even ``localhost``, which
+    may resolve to ::1) or a remote address: no."""
+    try:
+        return ipaddress.IPv4Address(inference_host).is_loopback
+    except ValueError:
+        return False
+
+
+def v2_source_address(name: str) -> str:
+    """The loopback address nginx connects from for V2 model `name` (``proxy_bind``), in
+    127.128.0.0/9 — away from 127.0.0.1, which the daemon's own calls use, so they never
+    count. Derived from the name alone: stable across reloads and config order. Two names
+    that met on one address would only be counted together (the conservative way)."""
+    h = hashlib.sha256(name.encode("utf-8")).digest()
+    return f"127.{128 + h[0] % 127}.{h[1]}.{1 + h[2] % 254}"

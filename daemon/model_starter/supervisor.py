@@ -12,9 +12,10 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Set
 from typing import Any, NoReturn
 
+from model_starter.activity import Peer, peers_of
 from model_starter.config import ModelSpec
 from model_starter.events import (
     Adopted,
@@ -55,9 +56,11 @@ class ModelSupervisor:
         release_grace: float = 3.0,
         clock: Callable[[], float] = time.monotonic,
         held_total: HeldTotal | None = None,
+        peers: Callable[[int, str], frozenset[Peer]] = peers_of,
     ) -> None:
         self.spec = spec
         self.lifecycle: Lifecycle = NOTHING  # the pool's: hooks, KV cache (healthy, before a stop)
+        self._peers = peers  # the connections a port has now (the replays' baseline)
         self.launcher = launcher
         self.health = health
         self._before_start = before_start
@@ -82,26 +85,27 @@ class ModelSupervisor:
         """Holds its resources: admitted for a start, or running."""
         return self._admitted
 
-    @property
-    def held(self) -> int:
-        return self.usage.held
-
     # -- verbs for the pool's components ------------------------------------------------------
 
     def admit(self) -> None:
         """Admission granted this start its resources."""
         self._admitted = True
 
+    @property
+    def held(self) -> int:
+        return self.usage.held
+
     def touch(self, now: float | None = None) -> None:
         """A request for this model just finished (nginx's activity feed)."""
         self.usage.last_activity = self._clock() if now is None else now
 
-    def observe(self, in_flight: int, last_close_ago: float | None, now: float) -> None:
-        """What the activity monitor saw at the model's port."""
-        self.usage.observe(in_flight, last_close_ago, now)
+    def observe(self, in_flight: int, last_close_ago: float | None, now: float,
+                peers: Set[Peer] | None = None) -> None:
+        """What the activity monitor saw at the model's port (`peers`: its connections)."""
+        self.usage.observe(in_flight, last_close_ago, now, peers)
 
     def set_release_grace(self, seconds: float) -> None:
-        """How long released requests count as busy until their replays connect (reload)."""
+        """At most how long released requests count as busy until their replays are seen."""
         self.usage.release_grace = seconds
 
     def busy(self, now: float | None = None) -> bool:
@@ -112,8 +116,7 @@ class ModelSupervisor:
         return self.history.backoff_until(self._clock() if now is None else now)
 
     def expected_start_seconds(self) -> float:
-        """How long a start of this model takes: p90 of its last 20 starts; before any,
-        a quarter of its startup_timeout (see `policy.StartTimes`)."""
+        """A start's expected duration (`policy.StartTimes`: p90 of the last 20, else a guess)."""
         return self.history.start_times.expected()
 
     def starting_seconds(self, now: float | None = None) -> float | None:
@@ -128,18 +131,16 @@ class ModelSupervisor:
 
     # -- requests ----------------------------------------------------------------------------
 
-    async def ensure_ready(self) -> bool:
+    async def ensure_ready(self, replay: bool = True) -> bool:
         """Return once the model is ready; True if it already was (nothing had to be done).
+        `replay`: the caller's request will go to the model once released (nginx's; not a
+        preload or an admin start), so the model stays busy until it arrived.
 
-        By state, on entry:
-
-        * READY: returns True at once (memory only: the hot path of auth_request mode),
-          unless its process is known to have exited (then as STOPPED).
-        * STOPPED, FAILED: begins a start (unless in crash-loop backoff: StartError
-          ``crash_loop``) and waits for it; returns False.
-        * STARTING: joins the start under way (single flight); every waiter gets the
-          same result or the same StartError; returns False.
-        * STOPPING: waits for the stop to end, then starts afresh; returns False.
+        By state: READY returns True at once (memory only: the hot path of auth_request
+        mode) unless its process is known to have exited (then as STOPPED). STOPPED, FAILED
+        begin a start (unless in crash-loop backoff: StartError ``crash_loop``) and wait for
+        it. STARTING joins the start under way (single flight: every waiter gets the same
+        result or StartError). STOPPING waits for the stop, then starts afresh.
 
         Raises StartError ``queue_full`` when `max_waiting` requests wait already (or
         `max_held` across all models),
@@ -154,6 +155,7 @@ class ModelSupervisor:
             raise StartError(FailureReason.QUEUE_FULL, full,
                              retry_after=self._retry_after(QUEUE_FULL_RETRY))
         self.usage.hold(1)
+        self.usage.held_replays += replay
         self.usage.last_activity = self._clock()
         try:
             async with asyncio.timeout(self.spec.hold_timeout):
@@ -167,6 +169,7 @@ class ModelSupervisor:
             ) from None
         finally:
             self.usage.hold(-1)
+            self.usage.held_replays -= replay
             self.usage.last_activity = self._clock()
 
     async def _ensure(self) -> bool:
@@ -248,13 +251,15 @@ class ModelSupervisor:
             self._fail(StartError(FailureReason.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}"), t0)
         seconds = self._clock() - t0
         self.history.started(seconds)
-        self._became_ready()
+        self._became_ready(self.usage.held_replays)
         log.info("model=%s ready in %.3fs pid=%s", spec.name, seconds, self.launcher.pid)
         self.emit(Started(model=spec.name, seconds=seconds, pid=self.launcher.pid))
 
-    def _became_ready(self, grace: bool = True) -> None:
+    def _became_ready(self, replays: int) -> None:
+        port = self.launcher.activity_port
+        baseline = self._peers(port, self.spec.host) if replays and port is not None else None
         self.history.last_error = None
-        self.usage.released(self._clock(), grace)
+        self.usage.released(self._clock(), replays, baseline)
         self._end(State.READY)
         self._admitted = True
         exited = self.launcher.exited
@@ -290,10 +295,7 @@ class ModelSupervisor:
         self._end(State.STOPPED)
 
     def try_stop(self, reason: StopReason, only_if_idle: bool = True) -> asyncio.Task[None] | None:
-        """Begin stopping a ready model if the owner agrees (idle, unless told otherwise).
-
-        Returns the stop task, or None when the model is not ready or is busy.
-        """
+        """Begin stopping a ready model if it agrees (idle, unless told otherwise): the task or None."""
         self._notice_exit()
         if self._state is not State.READY or self._transition is not None:
             return None
@@ -336,7 +338,7 @@ class ModelSupervisor:
                         spec.name, reason)
             await self.launcher.stop()
             return False
-        self._became_ready(grace=False)
+        self._became_ready(0)  # nobody was held
         log.info("model=%s adopted pid=%s", spec.name, self.launcher.pid)
         self.emit(Adopted(model=spec.name, pid=self.launcher.pid))
         return True
@@ -345,9 +347,8 @@ class ModelSupervisor:
         """nginx could not get an answer from this model although we think it is ready.
 
         With a process of our own, wait (bounded) for its exit: a probe is racy, a dying process can still
-        accept for an instant. Without one (command and V2 launchers) the health URL decides: a model that
-        does not answer it is gone and is started again (a V2 model that someone unloaded, a container that
-        died)."""
+        accept for an instant. Without one (command and V2 launchers) the health URL decides: one that
+        does not answer is gone and is started again."""
         if self._state is not State.READY:
             return
         exited = self.launcher.exited

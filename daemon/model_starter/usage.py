@@ -1,10 +1,21 @@
 """How much a model is used right now: requests held in the daemon, requests at the model
-(as the activity monitor saw them), its last activity, and the grace during which
-released requests count as busy until their replays reach the model."""
+(as the activity monitor saw them), its last activity, and the requests released for
+replay that have not reached the model yet.
+
+Released requests are protected exactly until their replays arrived: at the release the
+supervisor notes the connections the model's port has then (`baseline`); every scan after
+counts the connections not in it — in flight, or already ended and in TIME_WAIT — and once
+they are as many as the requests released, the model is no longer busy on their account.
+`release_grace` is only the upper bound, for replays that never show (a client that went
+away) and for models whose connections cannot be told apart (no baseline).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Set
 from typing import Any
+
+from model_starter.activity import Peer
 
 __all__ = ["HeldTotal", "Usage"]
 
@@ -13,10 +24,13 @@ class Usage:
     def __init__(self, now: float, release_grace: float, total: HeldTotal) -> None:
         self.held = 0  # requests waiting in the daemon for this model
         self.total = total  # ... and for every model
+        self.held_replays = 0  # those of them that go to the model once released (nginx's)
         self.in_flight = 0  # requests at the model, as the kernel last showed
         self.last_activity = now  # monotonic
         self.release_grace = release_grace
         self._released_until = 0.0
+        self.replays_pending = 0  # requests released whose replays were not seen yet
+        self._baseline: frozenset[Peer] | None = None
 
     def refusal(self, model: str, max_waiting: int) -> str | None:
         """Why one more request for `model` cannot be held (None: it can)."""
@@ -36,19 +50,25 @@ class Usage:
     def idle_for(self, now: float) -> float:
         return 0.0 if self.busy(now) else now - self.last_activity
 
-    def observe(self, in_flight: int, last_close_ago: float | None, now: float) -> None:
-        """What the activity monitor saw at the model's port."""
+    def observe(self, in_flight: int, last_close_ago: float | None, now: float,
+                peers: Set[Peer] | None = None) -> None:
+        """What the activity monitor saw at the model's port (`peers`: its connections)."""
         self.in_flight = in_flight
+        if (self.replays_pending and peers is not None and self._baseline is not None
+                and len(peers - self._baseline) >= self.replays_pending):
+            self.replays_pending, self._released_until = 0, 0.0
         if in_flight > 0:
             self.last_activity = now
         elif last_close_ago is not None:
             self.last_activity = max(self.last_activity, now - last_close_ago)
 
-    def released(self, now: float, grace: bool = True) -> None:
-        """The model became ready: held requests go now; their replays are in flight until
-        they connect (no grace for an adopted model: nobody was held)."""
+    def released(self, now: float, replays: int, baseline: frozenset[Peer] | None) -> None:
+        """The model became ready: `replays` held requests go now; they count as busy until
+        as many new connections (not in `baseline`) were seen, at most `release_grace`."""
         self.last_activity = now
-        self._released_until = now + self.release_grace if grace else 0.0
+        self.replays_pending = replays
+        self._baseline = baseline
+        self._released_until = now + self.release_grace if replays else 0.0
 
     def as_json(self, now: float, wall: float, ready: bool) -> dict[str, Any]:
         return {

@@ -4,7 +4,7 @@
 rules); `parse` validates a file against it; `reference` renders the README's tables.
 """
 
-from model_starter.config.parse import ConfigError, load_config, parse_config
+from model_starter.config.parse import ConfigError, capacity_warnings, load_config, parse_config
 from model_starter.config.schema import (
     LAUNCHERS,
     MODES,
@@ -36,6 +36,7 @@ __all__ = [
     "NginxSettings",
     "ProcessSpec",
     "V2Spec",
+    "capacity_warnings",
     "load_config",
     "parse_config",
 ]

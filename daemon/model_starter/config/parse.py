@@ -167,16 +167,37 @@ def _check_names(ctx: Ctx, items: list[tuple[str, Node, Node]],
 def _check_pinned(
     ctx: Ctx, node: Node, models: Mapping[str, ModelSpec], resources: Mapping[str, float] | None
 ) -> None:
-    """Pinned models are never evicted, so what they hold is never free for the others."""
+    """A pinned model holds its share only while it runs, so only the pinned models that
+    always run (preload, idle_timeout 0) must fit together; the rest is `capacity_warnings`."""
     capacity = resources if resources is not None else ONE_AT_A_TIME
-    for spec in models.values():
-        for res, cap in capacity.items():
-            pinned = sum(m.requires.get(res, 0.0) for m in models.values()
-                         if m.pinned and m.name != spec.name)
-            if pinned + spec.requires.get(res, 0.0) > cap + 1e-9:
-                ctx.err(node, f"models.{spec.name}",
-                        f"can never start: pinned models hold {pinned:g} of {res} "
-                        f"(capacity {cap:g}) and it needs {spec.requires.get(res, 0.0):g}")
+    always = [m for m in models.values() if _always_running(m)]
+    for res, cap in capacity.items():
+        total = sum(m.requires.get(res, 0.0) for m in always)
+        if len(always) > 1 and total > cap + 1e-9:
+            names = ", ".join(m.name for m in always)
+            ctx.err(node, "models", f"pinned models {names} (preload, idle_timeout 0) can never "
+                    f"run together: they need {total:g} of {res} (capacity {cap:g})")
+
+
+def _always_running(spec: ModelSpec) -> bool:
+    return spec.pinned and spec.preload and spec.idle_timeout == 0
+
+
+def capacity_warnings(config: Config) -> list[str]:
+    """Models that can run only while some pinned model is down (`check` prints these)."""
+    out = []
+    for spec in config.models.values():
+        for pin in config.models.values():
+            if pin is spec or not pin.pinned:
+                continue
+            short = [res for res, cap in config.resources.items()
+                     if pin.requires.get(res, 0.0) + spec.requires.get(res, 0.0) > cap + 1e-9]
+            if short:
+                when = ("never: it always runs" if _always_running(pin)
+                        else "while it runs, requests get 503")
+                out.append(f"{config.source}: models.{spec.name}: runs only while pinned model "
+                           f"'{pin.name}' is down ({when}; short of {', '.join(short)})")
+    return out
 
 
 def _check_requires(

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import ipaddress
 import json
 import time
 from typing import Any
@@ -17,12 +16,21 @@ from typing import Any
 from sanic import Blueprint, HTTPResponse, Request
 from sanic import json as json_response
 
+from model_starter.events import TooManySubscribers
 from model_starter.launchers import StartError
 from model_starter.launchers.v2 import V2Launcher
 from model_starter.metrics import CONTENT_TYPE
-from model_starter.protocol import ADMIN_PREFIX, ERROR_UNKNOWN_MODEL, PROXIED_HEADERS
+from model_starter.protocol import ADMIN_PREFIX, ERROR_UNKNOWN_MODEL
 from model_starter.responses import error_response, start_error_response
 from model_starter.supervisor import ModelSupervisor, State
+from model_starter.wire import (
+    SAFE_METHODS,
+    came_through_nginx,
+    check_host,
+    check_intent,
+    check_origin,
+    loopback,
+)
 
 __all__ = ["admin", "guard", "model_status"]
 
@@ -34,18 +42,25 @@ admin = Blueprint("admin", url_prefix=ADMIN_PREFIX)
 @admin.on_request
 async def guard(request: Request) -> HTTPResponse | None:
     """The one guard of every admin route: None lets the request through."""
-    if any(h in request.headers for h in PROXIED_HEADERS):
+    if came_through_nginx(request):
         return error_response(404, "not_found", "not found")
-    token = request.app.ctx.pool.config.admin_token
-    if not token and not _loopback(request.ip):
-        # Listening beyond loopback (a container) exposes nothing without a token.
-        return error_response(403, "forbidden", "the admin API answers loopback clients "
-                              "only, unless admin_token is set")
-    if token:
+    config = request.app.ctx.pool.config
+    token = config.admin_token
+    if not token:
+        if not loopback(request.ip):
+            # Listening beyond loopback (a container) exposes nothing without a token.
+            return error_response(403, "forbidden", "the admin API answers loopback clients "
+                                  "only, unless admin_token is set")
+        refusal = check_host(request, config)  # a DNS-rebinding page has its own name
+        if refusal is not None:
+            return refusal
+    else:
         given = request.headers.get("Authorization", "")
         if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
             return error_response(401, "unauthorized", "a valid bearer token is required",
                                   headers={"WWW-Authenticate": "Bearer"})
+    if request.method not in SAFE_METHODS:
+        return check_origin(request, config) or check_intent(request)
     return None
 
 
@@ -78,7 +93,7 @@ async def control(request: Request, name: str, action: str) -> HTTPResponse:
     try:
         await sup.ensure_ready()
     except StartError as exc:
-        return start_error_response(exc, name)
+        return start_error_response(exc, name, admin=True)
     return json_response(model_status(sup))
 
 
@@ -96,11 +111,16 @@ async def prometheus(request: Request) -> HTTPResponse:
 @admin.get("/events")
 async def events(request: Request) -> HTTPResponse | None:
     pool, hub = request.app.ctx.pool, request.app.ctx.hub
-    response = await request.respond(
-        content_type="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-    )
-    with hub.subscribe() as queue:
+    try:
+        subscription = hub.subscribe(pool.config.max_event_streams)
+    except TooManySubscribers as exc:
+        return error_response(503, "too_many_streams", f"{exc} (max_event_streams)",
+                              retry_after=int(KEEPALIVE_SECONDS))
+    with subscription as queue:
+        response = await request.respond(
+            content_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
         for sup in pool.models.values():  # where everything stands, then what changes
             snapshot = {"event": "status", "model": sup.spec.name, "time": time.time(),
                         "state": str(sup.state)}
@@ -116,13 +136,6 @@ async def events(request: Request) -> HTTPResponse | None:
             await response.send(f"event: {event['event']}\ndata: {json.dumps(event)}\n\n")
     await response.eof()
     return None
-
-
-def _loopback(ip: str) -> bool:
-    try:
-        return ipaddress.ip_address(ip.removeprefix("::ffff:")).is_loopback
-    except ValueError:
-        return ip == ""  # a unix socket has no peer address
 
 
 def model_status(sup: ModelSupervisor) -> dict[str, Any]:

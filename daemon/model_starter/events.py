@@ -1,4 +1,4 @@
-"""Fan-out of state-change events to any number of SSE subscribers."""
+"""Fan-out of state-change events to SSE subscribers, as many as the caller allows."""
 
 from __future__ import annotations
 
@@ -8,9 +8,13 @@ from collections.abc import Iterator
 
 from model_starter.supervisor import Event
 
-__all__ = ["EventHub"]
+__all__ = ["EventHub", "TooManySubscribers"]
 
 QUEUE_SIZE = 1000
+
+
+class TooManySubscribers(Exception):
+    """`subscribe` found as many subscribers as allowed."""
 
 
 class EventHub:
@@ -24,8 +28,18 @@ class EventHub:
                     queue.get_nowait()
             queue.put_nowait(event)
 
+    def __len__(self) -> int:
+        return len(self._subscribers)
+
+    def subscribe(self, limit: int) -> contextlib.AbstractContextManager[asyncio.Queue[Event]]:
+        """A queue of the events from now on; TooManySubscribers, at once, when `limit` are
+        taken."""
+        if len(self._subscribers) >= limit:
+            raise TooManySubscribers(f"{limit} event streams are open already")
+        return self._subscription()
+
     @contextlib.contextmanager
-    def subscribe(self) -> Iterator[asyncio.Queue[Event]]:
+    def _subscription(self) -> Iterator[asyncio.Queue[Event]]:
         queue: asyncio.Queue[Event] = asyncio.Queue(QUEUE_SIZE)
         self._subscribers.add(queue)
         try:

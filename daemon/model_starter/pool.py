@@ -21,6 +21,7 @@ import aiohttp
 
 from model_starter.activity import scan_ports
 from model_starter.config import CommandSpec, Config, ModelSpec, ProcessSpec, V2Spec
+from model_starter.feedkey import FeedKeyError, activity_key
 from model_starter.health import HealthChecker
 from model_starter.launchers import Launcher, ProcessLauncher, StartError
 from model_starter.launchers.command import CommandLauncher
@@ -171,8 +172,13 @@ class ModelPool:
         address): a shared server port cannot tell which model a connection is for."""
         loop = asyncio.get_running_loop()
         try:
+            key = activity_key(self.config)
+        except FeedKeyError as exc:
+            log.error("cannot receive nginx activity log: %s", exc)
+            return
+        try:
             self._udp, _ = await loop.create_datagram_endpoint(
-                lambda: _ActivityLog(self), local_addr=(self.config.listen_host,
+                lambda: _ActivityLog(self, key), local_addr=(self.config.listen_host,
                                                         self.config.listen_port))
         except OSError as exc:
             log.error("cannot receive nginx activity log on udp %s: %s", self.config.listen, exc)
@@ -299,13 +305,14 @@ class ModelPool:
 
 
 class _ActivityLog(asyncio.DatagramProtocol):
-    """Syslog lines from nginx: ``<190>... model_starter: /v2/models/NAME/infer``."""
+    """Syslog lines from nginx: ``<190>... model_starter: KEY /v2/models/NAME/infer``."""
 
-    def __init__(self, pool: ModelPool) -> None:
+    def __init__(self, pool: ModelPool, key: str) -> None:
         self.pool = pool
+        self.key = key
 
     def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
-        name = parse_activity_datagram(data)
+        name = parse_activity_datagram(data, self.key)
         if name is not None:
             self.pool.request_finished(name)
 

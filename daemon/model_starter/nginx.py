@@ -108,7 +108,7 @@ def _has_v2(config: Config) -> bool:
 
 # What a config value may look like once pasted into nginx text: the config's validation
 # admits less (see config.convert); this is the generator's own last line of defence.
-_WORD = re.compile(r"[A-Za-z0-9._:\[\]-]+")
+_WORD = re.compile(r"[A-Za-z0-9._:*=\[\]-]+")
 _COMMENT_UNSAFE = re.compile(r"[^\x20-\x7e]")
 
 

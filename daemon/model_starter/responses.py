@@ -44,7 +44,7 @@ def start_error_response(exc: StartError, model: str, *, admin: bool = False) ->
     log_failure(rid, model, exc.reason, exc.log_tail)
     return error_response(STATUS_UNAVAILABLE, exc.reason, exc.detail,
                           retry_after=exc.retry_after, model=model, request_id=rid,
-                          headers={REQUEST_ID_HEADER: rid})
+                          exit_status=exc.exit_status, headers={REQUEST_ID_HEADER: rid})
 
 
 def log_failure(rid: str, model: str, reason: str, tail: list[str]) -> None:

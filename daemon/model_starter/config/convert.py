@@ -25,9 +25,9 @@ BODY_SIZE_RE = re.compile(r"[0-9]+[kKmMgG]?")
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
 # The parameters of nginx's `listen` an operator may add after the address.
+# (No `ssl`/`http2`/`quic`: the generated server block has no certificate to go with them.)
 LISTEN_PARAM_RE = re.compile(
-    r"default_server|ssl|http2|quic|proxy_protocol|reuseport|deferred|bind"
-    r"|ipv6only=(?:on|off)|(?:backlog|rcvbuf|sndbuf)=[0-9]+[kKmM]?")
+    r"default_server|reuseport|deferred|bind|(?:backlog|rcvbuf|sndbuf)=[0-9]+[kKmM]?")
 
 
 class Ctx:

@@ -107,6 +107,8 @@ paths = st.lists(path_parts | st.text(max_size=30), min_size=1, max_size=6).map(
                                "X-Model-Starter-Model: m\r\n",
                                "X-Model-Starter-Upstream-Sent: 12, x\r\n",
                                "X-Model-Starter-Mode: weird\r\n",
+                               "X-Model-Starter-Client: fuzz\r\n",
+                               "X-Model-Starter-Client: fuzz\r\nOrigin: http://evil.example\r\n",
                                "X-Big: " + "a" * 20000 + "\r\n"]),
        via_nginx=st.booleans())
 def test_routes_never_500(daemon: tuple[Stack, Path], method: str, path: str, header: str,
@@ -116,7 +118,7 @@ def test_routes_never_500(daemon: tuple[Stack, Path], method: str, path: str, he
     port = s.nginx_port if via_nginx else s.daemon_port
     # CR/LF would end the request line: that is framing, not a path any client can send.
     target = path.replace("\r", "").replace("\n", "").encode("utf-8", "surrogatepass")
-    data = (method.encode() + b" " + target + b" HTTP/1.1\r\nHost: fuzz\r\n" + header.encode()
+    data = (method.encode() + b" " + target + b" HTTP/1.1\r\nHost: localhost\r\n" + header.encode()
             + b"Content-Length: 0\r\nConnection: close\r\n\r\n")
     status, body = raw_request(port, data)
     assert status != 500 and status < 600, (status, body[:300])

@@ -40,11 +40,14 @@ class WrkResult:
     busy: float  # nginx worker CPU seconds per wall second (1.0: it is the bottleneck)
 
 
-def run_wrk(url: str, seconds: int, connections: int, worker: int) -> WrkResult:
+def run_wrk(url: str, seconds: int, connections: int, worker: int,
+            script: str | None = None) -> WrkResult:
+    """`script`: a wrk Lua file (e.g. a POST with a body)."""
     cpu0 = cpu_seconds(worker)
     t0 = time.monotonic()
+    lua = ["-s", script] if script else []
     out = subprocess.run(
-        [WRK, "-t1", f"-c{connections}", f"-d{seconds}s", url],
+        [WRK, "-t1", f"-c{connections}", f"-d{seconds}s", *lua, url],
         capture_output=True, text=True, timeout=seconds + 30,
     )
     cpu1 = cpu_seconds(worker)

@@ -22,11 +22,13 @@ from typing import Any
 
 import yaml
 
+from model_starter.nginx_openai import njs_module
 from model_starter.protocol import CLIENT_HEADER
 
 ROOT = Path(__file__).resolve().parent.parent
 FAKEMODEL = str(ROOT / "tests" / "fakemodel.py")
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
+NJS = njs_module()  # nginx's njs module (the OpenAI endpoint); load_module is main-context only
 
 
 def nginx_conf(ngdir: Path, http: str, *, worker_connections: int = 4096, main: str = "",
@@ -37,6 +39,7 @@ def nginx_conf(ngdir: Path, http: str, *, worker_connections: int = 4096, main: 
 {user}
 daemon off;
 worker_processes 1;
+{f"load_module {NJS};" if NJS else ""}
 {main}
 pid {ngdir}/nginx.pid;
 error_log {ngdir}/error.log {log_level};

@@ -1,8 +1,9 @@
 """The admin API under a prefix no model name can take: status, start, stop, reload, an SSE
 event stream and Prometheus metrics. A Sanic blueprint whose handlers read ``request.app.ctx``
-behind ONE guard (:func:`guard`, the blueprint's request middleware): loopback only, proxied
-calls (nginx sets our headers) are refused with 404, and an optional bearer token guards
-everything.
+behind ONE guard (:func:`guard`, the blueprint's request middleware): proxied calls (nginx
+sets our headers) are refused with 404; without a token, loopback peers with a loopback (or
+configured) `Host` only, with it the bearer token; a call that changes state must be meant
+(``wire``: no foreign `Origin`, our client header or a JSON body).
 """
 
 from __future__ import annotations
@@ -10,19 +11,15 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
-import time
-from typing import Any
 
 from sanic import Blueprint, HTTPResponse, Request
 from sanic import json as json_response
 
-from model_starter.events import TooManySubscribers
+from model_starter.events import Shutdown, Status, StopReason, TooManySubscribers
 from model_starter.launchers import StartError
-from model_starter.launchers.v2 import V2Launcher
 from model_starter.metrics import CONTENT_TYPE
 from model_starter.protocol import ADMIN_PREFIX, ERROR_UNKNOWN_MODEL
 from model_starter.responses import error_response, start_error_response
-from model_starter.supervisor import ModelSupervisor, State
 from model_starter.wire import (
     SAFE_METHODS,
     came_through_nginx,
@@ -32,7 +29,7 @@ from model_starter.wire import (
     loopback,
 )
 
-__all__ = ["admin", "guard", "model_status"]
+__all__ = ["admin", "guard"]
 
 KEEPALIVE_SECONDS = 15.0
 
@@ -68,16 +65,13 @@ async def guard(request: Request) -> HTTPResponse | None:
 async def status(request: Request) -> HTTPResponse:
     pool = request.app.ctx.pool
     server = pool.inference_server
-    models = {name: model_status(sup) for name, sup in pool.models.items()}
-    v2 = {name: sup.launcher for name, sup in pool.models.items()
-          if isinstance(sup.launcher, V2Launcher)}
-    if v2:  # what the V2 server itself says (its repository index)
-        states = await next(iter(v2.values())).index_states()
-        for name, launcher in v2.items():
-            models[name]["server_state"] = states.get(launcher.name)
+    sups = list(pool.models.values())
+    # What the inference server itself says about each model (V2: its repository index).
+    states = await asyncio.gather(*(sup.launcher.server_state() for sup in sups))
     return json_response({
-        "models": list(models.values()),
-        "inference_server": None if server is None else model_status(server),
+        "models": [{**sup.snapshot(), "server_state": state}
+                   for sup, state in zip(sups, states, strict=True)],
+        "inference_server": None if server is None else server.snapshot(),
     })
 
 
@@ -88,13 +82,13 @@ async def control(request: Request, name: str, action: str) -> HTTPResponse:
         return error_response(404, ERROR_UNKNOWN_MODEL, f"no model named {name!r} is configured",
                               model=name)
     if action == "stop":
-        await sup.stop("manual")
-        return json_response(model_status(sup))
+        await sup.stop(StopReason.MANUAL)
+        return json_response(sup.snapshot())
     try:
         await sup.ensure_ready()
     except StartError as exc:
         return start_error_response(exc, name, admin=True)
-    return json_response(model_status(sup))
+    return json_response(sup.snapshot())
 
 
 @admin.post("/reload")
@@ -122,48 +116,16 @@ async def events(request: Request) -> HTTPResponse | None:
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
         for sup in pool.models.values():  # where everything stands, then what changes
-            snapshot = {"event": "status", "model": sup.spec.name, "time": time.time(),
-                        "state": str(sup.state)}
-            await response.send(f"event: status\ndata: {json.dumps(snapshot)}\n\n")
+            snapshot = Status(model=sup.spec.name, state=sup.state)
+            await response.send(f"event: {snapshot.kind}\ndata: {json.dumps(snapshot.as_json())}\n\n")
         while True:
             try:
                 event = await asyncio.wait_for(queue.get(), KEEPALIVE_SECONDS)
             except TimeoutError:
                 await response.send(": keepalive\n\n")
                 continue
-            if event["event"] == "shutdown":
+            if isinstance(event, Shutdown):
                 break
-            await response.send(f"event: {event['event']}\ndata: {json.dumps(event)}\n\n")
+            await response.send(f"event: {event.kind}\ndata: {json.dumps(event.as_json())}\n\n")
     await response.eof()
     return None
-
-
-def model_status(sup: ModelSupervisor) -> dict[str, Any]:
-    err = sup.last_error
-    now = time.monotonic()
-    backoff = sup.backoff_until(now)
-    return {
-        "name": sup.spec.name,
-        "state": str(sup.state),
-        "since": sup.since,
-        "pid": sup.launcher.pid,
-        "launcher": sup.launcher.kind,
-        "mode": sup.spec.mode,
-        "host": sup.spec.host,
-        "port": sup.spec.port,
-        "held": sup.held,
-        "in_flight": sup.in_flight,
-        "busy": sup.busy(now),
-        "idle_seconds": round(sup.idle_for(now), 3) if sup.state is State.READY else None,
-        "last_activity": time.time() - (now - sup.last_activity),
-        "starts": sup.starts,
-        "failed_starts": sup.failed_starts,
-        "crashes": sup.crashes,
-        "last_start_seconds": sup.last_start_seconds,
-        "stop_reason": sup.stop_reason,
-        "backoff_seconds": None if backoff is None else round(backoff - now, 3),
-        "pinned": sup.spec.pinned,
-        "requires": dict(sup.spec.requires),
-        "last_error": None if err is None else err.as_json(sup.spec.name),
-        "log_error": sup.launcher.log_error,
-    }

@@ -14,9 +14,10 @@ from sanic import Sanic
 from model_starter.admin import admin
 from model_starter.config import Config
 from model_starter.daemon import Daemon
+from model_starter.events import Event, Reloaded
+from model_starter.openai_errors import install_openai_errors
 from model_starter.protocol import HOLD_MARGIN_SECONDS, MAX_REQUEST_BYTES
 from model_starter.routes import METHODS, model_route, on_error
-from model_starter.supervisor import Event
 
 __all__ = ["create_app"]
 
@@ -43,7 +44,7 @@ def create_app(
     app.ctx.hub = daemon.hub
 
     def hold_timeout(event: Event) -> None:
-        if event["event"] == "reloaded":  # a longer startup_timeout needs a longer hold
+        if isinstance(event, Reloaded):  # a longer startup_timeout needs a longer hold
             app.config.RESPONSE_TIMEOUT = daemon.config.max_hold_timeout + HOLD_MARGIN_SECONDS
 
     daemon.pool.listeners.append(hold_timeout)
@@ -63,5 +64,6 @@ def create_app(
     app.blueprint(admin)
     app.add_route(model_route, "/<model>", methods=METHODS, name="model_bare")
     app.add_route(model_route, "/<model>/<rest:path>", methods=METHODS, name="model")
+    install_openai_errors(app)
     app.exception(Exception)(on_error)
     return app

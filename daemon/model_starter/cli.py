@@ -62,6 +62,12 @@ def _load(path: str) -> Config:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     config = _load(args.config)
+    if args.cmd in ("check", "nginx"):
+        from model_starter.nginx_openai import njs_note
+
+        note = njs_note(config)
+        if note:
+            print(note, file=sys.stderr)
     if args.cmd == "check":
         print(f"{args.config}: OK, {len(config.models)} model(s): {', '.join(config.models)}")
         return 0

@@ -18,12 +18,11 @@ import contextlib
 import logging
 import os
 import signal
-import time
 from collections.abc import Coroutine
 from typing import Any
 
 from model_starter.config import Config
-from model_starter.events import EventHub
+from model_starter.events import EventHub, Shutdown
 from model_starter.metrics import Metrics
 from model_starter.notify import notify
 from model_starter.pool import ModelPool
@@ -92,7 +91,7 @@ class Daemon:
         asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
         signal.signal(signal.SIGHUP, self.record_reload)
         notify("STOPPING=1\nSTATUS=stopping models")
-        self.hub.publish({"event": "shutdown", "model": "", "time": time.time()})
+        self.hub.publish(Shutdown())
         for task in list(self._tasks):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

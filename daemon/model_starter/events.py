@@ -1,23 +1,221 @@
-"""Fan-out of state-change events to SSE subscribers, as many as the caller allows."""
+"""What the daemon reports: the closed vocabularies (states, stop and failure reasons) and
+the events, as frozen slotted dataclasses, plus the hub that fans them out to SSE readers.
+
+Each event has a `kind` (the SSE event name) and `as_json()`, the JSON the admin API has
+always sent: ``{"event": kind, "model": ..., "time": ..., <fields>}``. Daemon-wide events
+(`Reloaded`, `Shutdown`) carry ``"model": ""``.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterator
+import dataclasses
+import enum
+import time
+from collections.abc import Callable, Iterator
+from typing import Any, ClassVar
 
-from model_starter.supervisor import Event
-
-__all__ = ["EventHub", "TooManySubscribers"]
+__all__ = [
+    "TRANSITIONS",
+    "Adopted",
+    "Event",
+    "EventHub",
+    "FailureReason",
+    "InvalidTransition",
+    "Listener",
+    "Reloaded",
+    "Shutdown",
+    "StartFailed",
+    "Started",
+    "State",
+    "StateChanged",
+    "Status",
+    "StopReason",
+    "Stopped",
+    "TooManySubscribers",
+    "check_transition",
+]
 
 QUEUE_SIZE = 1000
 
 
+class State(enum.StrEnum):
+    STOPPED = "stopped"
+    STARTING = "starting"
+    READY = "ready"
+    STOPPING = "stopping"
+    FAILED = "failed"
+
+
+# Every state change a model may make (llama-swap's isValidTransition); anything else is a
+# bug in the caller and raises InvalidTransition.
+TRANSITIONS: dict[State, frozenset[State]] = {
+    State.STOPPED: frozenset({State.STARTING, State.READY}),  # READY: adopted
+    State.FAILED: frozenset({State.STARTING}),
+    State.STARTING: frozenset({State.READY, State.FAILED}),
+    State.READY: frozenset({State.STOPPING, State.STOPPED}),  # STOPPED: crashed
+    State.STOPPING: frozenset({State.STOPPED}),
+}
+
+
+class InvalidTransition(RuntimeError):
+    """A state change the table does not allow."""
+
+
+def check_transition(model: str, old: State, new: State) -> None:
+    if new not in TRANSITIONS[old]:
+        raise InvalidTransition(f"model '{model}': {old} -> {new} is not a valid transition")
+
+
+class StopReason(enum.StrEnum):
+    """Why a model stopped (the `reason` of a `stopped` event, the status' `stop_reason`)."""
+
+    IDLE = "idle"
+    EVICTED = "evicted"
+    CRASH = "crash"
+    MANUAL = "manual"
+    SHUTDOWN = "shutdown"
+    RELOAD = "reload"
+    REMOVED = "removed"
+
+
+class FailureReason(enum.StrEnum):
+    """Why a start failed or a request could not be served (the `error` of a 503)."""
+
+    # decided by the supervisor
+    QUEUE_FULL = "queue_full"
+    TIMEOUT = "timeout"
+    SHUTTING_DOWN = "shutting_down"
+    CRASH_LOOP = "crash_loop"
+    STARTUP_TIMEOUT = "startup_timeout"
+    EXITED = "exited"
+    STOPPED = "stopped"
+    INTERNAL_ERROR = "internal_error"
+    CRASHED = "crashed"
+    # decided by admission
+    NO_CAPACITY = "no_capacity"
+    CAPACITY_TIMEOUT = "capacity_timeout"
+    # decided by a launcher
+    PORT_IN_USE = "port_in_use"
+    SPAWN_FAILED = "spawn_failed"
+    START_TIMEOUT = "start_timeout"
+    STOP_TIMEOUT = "stop_timeout"
+    STATUS_TIMEOUT = "status_timeout"
+    START_COMMAND_FAILED = "start_command_failed"
+    INFERENCE_SERVER_DOWN = "inference_server_down"
+    LOAD_FAILED = "load_failed"
+
+    @property
+    def models_fault(self) -> bool:
+        """Counts towards a crash loop (the others say nothing about the model itself)."""
+        return self not in _NOT_THE_MODELS_FAULT
+
+
+_NOT_THE_MODELS_FAULT = frozenset({
+    FailureReason.PORT_IN_USE, FailureReason.STOPPED, FailureReason.SHUTTING_DOWN,
+    FailureReason.NO_CAPACITY, FailureReason.CAPACITY_TIMEOUT,
+})
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class _Event:
+    kind: ClassVar[str]
+    model: str
+    time: float = dataclasses.field(default_factory=time.time)
+
+    def as_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"event": self.kind}
+        for f in dataclasses.fields(self):
+            out[f.name] = _plain(getattr(self, f.name))
+        return out
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class StateChanged(_Event):
+    kind: ClassVar[str] = "state"
+    old: State
+    new: State
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class Started(_Event):
+    kind: ClassVar[str] = "started"
+    seconds: float
+    pid: int | None
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class StartFailed(_Event):
+    kind: ClassVar[str] = "start_failed"
+    reason: FailureReason
+    detail: str
+    seconds: float
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class Stopped(_Event):
+    kind: ClassVar[str] = "stopped"
+    reason: StopReason
+    exit_status: int | None = None  # reported for a crash only
+
+    def as_json(self) -> dict[str, Any]:
+        out = {"event": self.kind, "model": self.model, "time": self.time,
+               "reason": str(self.reason)}
+        if self.reason is StopReason.CRASH:
+            out["exit_status"] = self.exit_status
+        return out
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class Adopted(_Event):
+    kind: ClassVar[str] = "adopted"
+    pid: int | None
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class Status(_Event):
+    """Where a model stands (the first events of an SSE stream)."""
+
+    kind: ClassVar[str] = "status"
+    state: State
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class Reloaded(_Event):
+    kind: ClassVar[str] = "reloaded"
+    model: str = ""
+    added: tuple[str, ...] = ()
+    removed: tuple[str, ...] = ()
+    changed: tuple[str, ...] = ()
+    unchanged: tuple[str, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class Shutdown(_Event):
+    kind: ClassVar[str] = "shutdown"
+    model: str = ""
+
+
+Event = StateChanged | Started | StartFailed | Stopped | Adopted | Status | Reloaded | Shutdown
+Listener = Callable[[Event], None]
+
+
 class TooManySubscribers(Exception):
-    """`subscribe` found as many subscribers as allowed."""
+    """`EventHub.subscribe` found as many subscribers as allowed."""
 
 
 class EventHub:
+    """Fan-out of events to SSE subscribers, as many as the caller allows."""
+
     def __init__(self) -> None:
         self._subscribers: set[asyncio.Queue[Event]] = set()
 

@@ -10,10 +10,16 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from typing import Protocol
 
 import aiohttp
 
-__all__ = ["HealthChecker", "ReadinessFailed", "poll_intervals"]
+from model_starter.events import FailureReason
+from model_starter.launchers.base import Launcher, StartError
+
+__all__ = ["Health", "HealthChecker", "ReadinessFailed", "poll_intervals", "start_until_healthy"]
+
+TAIL_LINES = 20
 
 FIRST_INTERVAL = 0.002
 EARLY_INTERVAL = 0.005
@@ -39,6 +45,47 @@ def poll_intervals(first: float = FIRST_INTERVAL, cap: float = MAX_INTERVAL) -> 
         return current
 
     return nxt
+
+
+class Health(Protocol):
+    """What the supervisor asks about readiness (HealthChecker; a fake in unit tests)."""
+
+    async def probe(self, host: str, port: int, path: str, timeout: float = 5.0) -> str | None:
+        ...
+
+    async def wait_ready(
+        self, host: str, port: int, path: str, deadline: float,
+        exited: asyncio.Future[int] | None,
+    ) -> str | None:
+        ...
+
+
+async def start_until_healthy(
+    launcher: Launcher, health: Health, what: str, host: str, port: int, path: str,
+    startup_timeout: float, deadline: float,
+) -> None:
+    """Start `launcher` and wait until `path` answers 2xx by `deadline` (monotonic).
+
+    Raises StartError: `exited` when the process ends first, `startup_timeout` (after
+    stopping it) when the deadline passes. `what` names it in the detail ("model 'a'").
+    """
+    await launcher.start()
+    try:
+        reason = await health.wait_ready(host, port, path, deadline, launcher.exited)
+    except ReadinessFailed as exc:
+        raise StartError(
+            FailureReason.EXITED, f"{what} exited with status {exc.status} while starting",
+            exit_status=exc.status, log_tail=launcher.tail(TAIL_LINES),
+        ) from None
+    if reason is not None:
+        await launcher.stop()
+        raise StartError(
+            FailureReason.STARTUP_TIMEOUT,
+            f"{what} was not healthy after {startup_timeout:g}s "
+            f"(last check of {path}: {reason}); the process was stopped",
+            log_tail=launcher.tail(TAIL_LINES),
+            retry_after=max(5, int(startup_timeout)),
+        )
 
 
 class HealthChecker:

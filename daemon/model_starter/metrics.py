@@ -13,7 +13,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from model_starter.supervisor import Event, State
+from model_starter.events import Event, Started, StartFailed, State, Stopped, StopReason
 
 if TYPE_CHECKING:
     from model_starter.pool import ModelPool
@@ -58,7 +58,7 @@ class Metrics:
         self.failed_starts = Counter("model_starter_failed_starts", "Starts that failed",
                                      ["model", "reason"], registry=r)
         self.stops = Counter("model_starter_stops",
-                             "Stops by reason (idle, evicted, crash, manual, shutdown, reload)",
+                             f"Stops by reason ({', '.join(StopReason)})",
                              ["model", "reason"], registry=r)
         self.cold_wait = Histogram(
             "model_starter_cold_start_wait_seconds",
@@ -67,16 +67,16 @@ class Metrics:
         r.register(_PoolGauges(pool))
 
     def on_event(self, event: Event) -> None:
-        model, kind = event["model"], event["event"]
-        if model.startswith("_"):
-            return  # the inference server is no model
-        if kind == "started":
-            self.starts.labels(model).inc()
-            self.start_duration.labels(model).observe(event["seconds"])
-        elif kind == "start_failed":
-            self.failed_starts.labels(model, event["reason"]).inc()
-        elif kind == "stopped":
-            self.stops.labels(model, event["reason"]).inc()
+        match event:
+            case Started(model=model, seconds=seconds):
+                self.starts.labels(model).inc()
+                self.start_duration.labels(model).observe(seconds)
+            case StartFailed(model=model, reason=reason):
+                self.failed_starts.labels(model, str(reason)).inc()
+            case Stopped(model=model, reason=reason):
+                self.stops.labels(model, str(reason)).inc()
+            case _:
+                pass
 
     def observe_wait(self, model: str, seconds: float) -> None:
         self.cold_wait.labels(model).observe(seconds)

@@ -2,11 +2,13 @@
 
 Each exporter yields ``(file name, content)`` pairs. Per model (error_page mode):
 
-* ``location /NAME/`` strips the prefix once and proxies straight to the model;
-  nginx's own 502 (connection refused) goes to ``@ms_start_NAME``;
+* ``location /NAME/`` proxies straight to the model, replacing the prefix natively
+  (``proxy_pass http://up/;``); nginx's own 502 (connection refused) goes to
+  ``@ms_start_NAME``; ``nginx_openai`` adds the model's ``/v1/`` and ``/v2/models/`` entries;
 * ``@ms_start_NAME`` asks the daemon, without the body, with the model name, the
   answer mode and ``$upstream_bytes_sent``; the daemon's 504 means "ready, replay";
-* ``@ms_retry_NAME`` replays the original request (method, URI, body) once.
+* ``@ms_retry_NAME`` replays the original request (method, URI, body) once; on this cold
+  path only, a ``rewrite`` strips the prefix to the URI the hot path sent.
 
 A V2 model's location maps ``/NAME/...`` onto the shared server's ``/v2/models/NAME/...``
 and also sends the server's 400/404 ("not loaded") to the start path; an auth_request
@@ -24,8 +26,11 @@ import math
 import re
 from collections.abc import Iterator
 
+from model_starter import nginx_openai
 from model_starter.config import Config, ModelSpec, V2Spec
 from model_starter.feedkey import activity_key
+from model_starter.nginx_syntax import block as _block
+from model_starter.nginx_syntax import upstream_var as _var
 from model_starter.protocol import (
     ACTIVITY_LOG_TAG,
     ANSWER_HEADER,
@@ -61,11 +66,6 @@ STYLES = ("conf.d", "locations")
 INFERENCE_UPSTREAM = "ms_inference"
 ACTIVITY_FORMAT = "ms_activity"
 AUTH_LOCATION = "/_ms_auth/"  # internal: the auth_request subrequest of each model
-
-
-def _var(header: str) -> str:
-    """The nginx variable of an upstream response header."""
-    return "$upstream_http_" + header.lower().replace("-", "_")
 
 
 def _json(error: str, detail: str, **extra: str) -> str:
@@ -174,14 +174,14 @@ def render_http(config: Config, feed_key: str | None = None) -> str:
         # Which V2 model a finished request was for (the server's port is shared).
         key = activity_key(config) if feed_key is None else feed_key
         out.append(f"log_format {ACTIVITY_FORMAT} '{activity_log_format(key)}';\n")
-    return "\n".join(out)
+    out.append(nginx_openai.render_http(config))
+    return "\n".join(o for o in out if o)
 
 
 def _model_proxy(config: Config, spec: ModelSpec) -> list[str]:
-    """Settings shared by the prefix location and the replay location of one model."""
+    """Settings shared by the entry locations and the replay location of one model."""
     t = _secs(config.nginx.proxy_timeout)
     return [
-        f"proxy_pass http://{_upstream(spec)};",
         "proxy_http_version 1.1;",
         f"proxy_set_header Host {_addr(spec.host, spec.port)};",
         "proxy_set_header X-Real-IP $remote_addr;",
@@ -196,22 +196,21 @@ def _model_proxy(config: Config, spec: ModelSpec) -> list[str]:
     ]
 
 
-def _block(header: str, lines: list[str]) -> str:
-    body = "".join(f"    {line}\n" for line in lines)
-    return f"location {header} {{\n{body}}}\n"
-
-
 def _model_locations(config: Config, spec: ModelSpec) -> list[str]:
     name = _word(spec.name)
     rx = name.replace(".", r"\.")
     start, retry = f"@ms_start_{name}", f"@ms_retry_{name}"
     proxy = _model_proxy(config, spec)
+    upstream = _upstream(spec)
     if isinstance(spec, V2Spec):
         # An unloaded model does not refuse the connection: the server answers 404 (400
         # while loading). Intercepting those sends them to the start path; a genuine
         # 400/404 of a loaded model is replayed once and then reaches the client as is.
         prefix = f"/v2/models/{_word(spec.v2_name or name)}"
-        bare, strip = f"rewrite ^ {prefix} break;", f"rewrite ^/{rx}/(.*)$ {prefix}/$1 break;"
+        # Rewritten in the entry (the activity log reports $uri); the replay keeps it.
+        bare = [f"rewrite ^ {prefix} break;", f"proxy_pass http://{upstream};"]
+        strip = [f"rewrite ^/{rx}/(.*)$ {prefix}/$1 break;", f"proxy_pass http://{upstream};"]
+        replay = [f"proxy_pass http://{upstream};"]
         log = f"access_log syslog:server={_daemon_addr(config)},tag={ACTIVITY_LOG_TAG},nohostname "
         proxy = [*proxy, f"{log}{ACTIVITY_FORMAT};"]
         down = _codes(*V2_NOT_LOADED_STATUSES, NGINX_BAD_GATEWAY)
@@ -219,7 +218,11 @@ def _model_locations(config: Config, spec: ModelSpec) -> list[str]:
                    "recursive_error_pages on;"]
         where = f"{prefix}/... on {_addr(spec.host, spec.port)} (KServe V2)"
     else:
-        bare, strip = "rewrite ^ / break;", f"rewrite ^/{rx}/(.*)$ /$1 break;"
+        # The hot path replaces the prefix natively (no regex per request); only the replay,
+        # on the cold path, strips it with a rewrite, to the same URI.
+        bare = strip = [f"proxy_pass http://{upstream}/;"]
+        replay = [f"rewrite ^/{rx}/(.*)$ /$1 break;", f"rewrite ^/{rx}$ / break;",
+                  f"proxy_pass http://{upstream};"]
         on_down = [f"error_page {NGINX_BAD_GATEWAY} = {start};", "recursive_error_pages on;"]
         where = _addr(spec.host, spec.port)
     auth: list[str] = []
@@ -233,7 +236,8 @@ def _model_locations(config: Config, spec: ModelSpec) -> list[str]:
             "auth_request_set $ms_auth_retry $upstream_http_retry_after;",
             f"auth_request_set $ms_auth_error {_var(ANSWER_HEADER)};",
             f"auth_request_set $ms_auth_request_id {_var(REQUEST_ID_HEADER)};",
-            f"error_page {NGINX_AUTH_FAILED} = @ms_auth_failed;",
+            f"error_page {NGINX_AUTH_FAILED} = "
+            f"{nginx_openai.error_location(config, '@ms_auth_failed')};",
         ]
         extra = [_block(f"= {AUTH_LOCATION}{name}", [
             "internal;",
@@ -246,9 +250,11 @@ def _model_locations(config: Config, spec: ModelSpec) -> list[str]:
             "proxy_connect_timeout 5s;",
             f"proxy_read_timeout {_secs(spec.hold_timeout + HOLD_MARGIN_SECONDS)};",
         ])]
+    entries = nginx_openai.model_entries(config, spec, upstream)
     return [
-        f"# model {name}: {where}\n" + _block(f"= /{name}", [bare, *proxy, *auth, *on_down]),
-        _block(f"/{name}/", [strip, *proxy, *auth, *on_down]),
+        f"# model {name}: {where}\n" + _block(f"= /{name}", [*bare, *proxy, *auth, *on_down]),
+        _block(f"/{name}/", [*strip, *proxy, *auth, *on_down]),
+        *(_block(e.location, [*e.head, *proxy, *auth, *on_down]) for e in entries),
         *extra,
         _block(start, [
             f"proxy_pass http://{STARTER_UPSTREAM}$request_uri;",
@@ -256,17 +262,18 @@ def _model_locations(config: Config, spec: ModelSpec) -> list[str]:
             "proxy_pass_request_body off;",
             'proxy_set_header Content-Length "";',
             *_daemon_headers({MODEL_HEADER: name, MODE_HEADER: MODE_RETRY,
-                                SENT_HEADER: "$upstream_bytes_sent",
-                                STATUS_HEADER: "$upstream_status"}),
+                              SENT_HEADER: "$upstream_bytes_sent",
+                              STATUS_HEADER: "$upstream_status"}),
             "proxy_connect_timeout 5s;",
             f"proxy_read_timeout {_secs(spec.hold_timeout + HOLD_MARGIN_SECONDS)};",
             f"client_max_body_size {spec.client_max_body_size};",
             "proxy_intercept_errors on;",
             f"error_page {STATUS_REPLAY} = {retry};",
-            f"error_page {NGINX_BAD_GATEWAY} = @ms_down;",
+            f"error_page {NGINX_BAD_GATEWAY} = {nginx_openai.error_location(config, '@ms_down')};",
             "recursive_error_pages on;",
         ]),
-        _block(retry, [*proxy, f"error_page {NGINX_BAD_GATEWAY} = @ms_retry_failed;"]),
+        _block(retry, [*replay, *proxy, f"error_page {NGINX_BAD_GATEWAY} = "
+                       f"{nginx_openai.error_location(config, '@ms_retry_failed')};"]),
     ]
 
 
@@ -303,6 +310,7 @@ def render_locations(config: Config) -> str:
         "default_type application/json;",
         f"return {NGINX_BAD_GATEWAY} {RETRY_FAILED_JSON};",
     ]))
+    out.append(nginx_openai.render_locations(config))
     # Unknown model names get the daemon's JSON 404; the admin API refuses proxied calls.
     out.append(_block("/", [
         f"proxy_pass http://{STARTER_UPSTREAM};",

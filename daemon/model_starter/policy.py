@@ -1,11 +1,22 @@
-"""Lifecycle policy as pure functions: who to evict, when to back off, when a model is idle."""
+"""Lifecycle policy as pure functions: who to evict, when to back off, how long a start takes."""
 
 from __future__ import annotations
 
+import collections
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-__all__ = ["Holder", "Victims", "backoff_until", "choose_victims", "fits", "free_capacity"]
+__all__ = [
+    "Holder",
+    "StartTimes",
+    "Victims",
+    "backoff_until",
+    "choose_victims",
+    "fits",
+    "free_capacity",
+    "retry_after",
+]
 
 
 @dataclass(frozen=True)
@@ -84,3 +95,38 @@ def backoff_until(
         return None
     until = max(recent) + backoff
     return until if until > now else None
+
+
+class StartTimes:
+    """The durations of a model's recent successful starts, and what they predict.
+
+    `expected()` is the p90 of the last `keep` starts; before any start it is
+    `default` (the supervisor passes a quarter of the model's startup_timeout: the
+    timeout bounds a start, a typical one takes a fraction of it).
+    """
+
+    def __init__(self, default: float, keep: int = 20, percentile: float = 0.9) -> None:
+        self.default = default
+        self.percentile = percentile
+        self._recent: collections.deque[float] = collections.deque(maxlen=keep)
+
+    def add(self, seconds: float) -> None:
+        self._recent.append(seconds)
+
+    def recent(self) -> list[float]:
+        return list(self._recent)
+
+    def copy_from(self, other: StartTimes) -> None:
+        self._recent.extend(other._recent)
+
+    def expected(self) -> float:
+        if not self._recent:
+            return self.default
+        ordered = sorted(self._recent)
+        return ordered[max(0, math.ceil(self.percentile * len(ordered)) - 1)]
+
+
+def retry_after(expected_remaining: float, ceiling: int) -> int:
+    """Seconds a client should wait before trying again: the expected rest of a start,
+    at least 1, never more than `ceiling` (the constant used before estimates existed)."""
+    return max(1, min(ceiling, math.ceil(expected_remaining)))

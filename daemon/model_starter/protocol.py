@@ -31,6 +31,7 @@ __all__ = [
     "MODE_AUTH",
     "MODE_HEADER",
     "MODE_RETRY",
+    "OPENAI_PREFIX",
     "PROXIED_HEADERS",
     "REQUEST_ID_HEADER",
     "SENT_HEADER",
@@ -42,6 +43,7 @@ __all__ = [
     "STATUS_UNAVAILABLE",
     "STATUS_UNKNOWN_MODEL",
     "V2_NOT_LOADED_STATUSES",
+    "V2_PREFIX",
     "VIA_HEADER",
     "VIA_NGINX",
     "AdminPath",
@@ -50,6 +52,7 @@ __all__ = [
     "activity_log_format",
     "admin_path",
     "first_upstream_status",
+    "is_openai_path",
     "parse_activity_datagram",
     "request_reached_model",
 ]
@@ -122,6 +125,17 @@ FEED_KEY_RE: Final = re.compile(r"[0-9a-f]{32}")
 # -- the daemon as nginx names it: its upstream, hence the Host of what nginx sends it -------
 
 STARTER_UPSTREAM: Final = "ms_starter"
+
+# -- the single endpoints: OpenAI (routed by the body's `model`) and KServe V2 (by path) ------
+
+OPENAI_PREFIX: Final = "/v1/"  # the start path sends the daemon this URI: errors in OpenAI's shape
+V2_PREFIX: Final = _V2_PATH
+
+
+def is_openai_path(path: str) -> bool:
+    """A request of the OpenAI endpoint (its errors take OpenAI's shape)."""
+    return path.startswith(OPENAI_PREFIX)
+
 
 # -- the admin API ------------------------------------------------------------------------------
 

@@ -44,7 +44,6 @@ from model_starter.protocol import (
     STATUS_REPLAY,
     STATUS_UNAVAILABLE,
     STATUS_UNKNOWN_MODEL,
-    V2_NOT_LOADED_STATUSES,
     first_upstream_status,
     request_reached_model,
 )
@@ -66,10 +65,9 @@ NOT_REPLAYABLE = frozenset({"POST", "PATCH"})
 
 
 def replay_safe(sup: ModelSupervisor, upstream_status: str | None) -> bool:
-    """Is a replay safe although the request reached the upstream? A V2 server's 404/400 on
-    the first attempt means "not loaded": nothing ran."""
-    return (sup.spec.launcher == "v2"
-            and first_upstream_status(upstream_status) in V2_NOT_LOADED_STATUSES)
+    """Is a replay safe although the request reached the upstream? The launcher knows
+    (a V2 server's 404/400 on the first attempt means "not loaded": nothing ran)."""
+    return sup.launcher.replay_safe(first_upstream_status(upstream_status))
 
 
 def refuse_web_pages(request: Request) -> HTTPResponse | None:

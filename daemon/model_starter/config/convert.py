@@ -374,3 +374,25 @@ amounts = mapping_of(amount)
 def as_is(ctx: Ctx, node: Node, where: str) -> Any:
     """Taken unconverted (the caller validates it with more context)."""
     return node
+
+
+def names(ctx: Ctx, node: Node, where: str) -> Any:
+    """A list of model names (aliases): each follows the model name rule."""
+    if not isinstance(node, yaml.SequenceNode):
+        ctx.err(node, where, "expected a list of names")
+        return BAD
+    out = [name(ctx, item, f"{where}[{i}]") for i, item in enumerate(node.value)]
+    return BAD if BAD in out else tuple(out)
+
+
+def switch(choices: tuple[str, ...]) -> Conv:
+    """One of `choices`; YAML's booleans count as "true"/"false"."""
+    pick = one_of(choices)
+
+    def conv(ctx: Ctx, node: Node, where: str) -> Any:
+        v = scalar(node)
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        return pick(ctx, node, where)
+
+    return conv

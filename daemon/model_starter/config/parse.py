@@ -48,6 +48,7 @@ def _relative(values: dict[str, Any], cls: type, base: Path) -> dict[str, Any]:
 def _models(
     ctx: Ctx, node: Node, base: Path, defaults: Mapping[str, Any],
     resources: Mapping[str, float] | None, inference: InferenceServer,
+    reserved: tuple[str, ...] = (),
 ) -> dict[str, ModelSpec]:
     items = mapping(ctx, node, "models")
     if items is None:
@@ -103,7 +104,30 @@ def _models(
         taken[addr] = name
         models[name] = spec
     _check_pinned(ctx, node, models, resources)
+    _check_names(ctx, items, models, reserved)
     return models
+
+
+def _check_names(ctx: Ctx, items: list[tuple[str, Node, Node]],
+                 models: Mapping[str, ModelSpec], reserved: tuple[str, ...]) -> None:
+    """Names and aliases are one namespace (case-insensitive, as nginx's map matches them)."""
+    owner = {name.lower(): name for name in models}
+    for name, knode, vnode in items:
+        if name in reserved:
+            ctx.err(knode, f"models.{name}", f"/{name}/ is the path of the "
+                    + ("OpenAI endpoint; choose another name, or set nginx.openai: false"
+                       if name == "v1" else "KServe V2 routes; choose another name"))
+        spec = models.get(name)
+        if spec is None or not spec.aliases:
+            continue
+        alias_node = next(v for k, v in vnode.value if scalar(k) == "aliases")
+        for i, alias in enumerate(spec.aliases):
+            if alias.lower() in owner:
+                ctx.err(alias_node.value[i], f"models.{name}.aliases[{i}]",
+                        f"'{alias}' already names model '{owner[alias.lower()]}'; every name "
+                        "and alias must be unique (case-insensitively)")
+            else:
+                owner[alias.lower()] = name
 
 
 def _check_pinned(
@@ -180,7 +204,8 @@ def parse_config(
     defaults = {"client_max_body_size": nginx.client_max_body_size, **(top.get("defaults") or {})}
     resources = top.get("resources")
     server = _inference(ctx, dict(top.get("inference_server") or {}), env)
-    models = (_models(ctx, top["models"], base, defaults, resources, server)
+    reserved = ("v2",) if nginx.openai == "false" else ("v1", "v2")
+    models = (_models(ctx, top["models"], base, defaults, resources, server, reserved)
               if "models" in top else {})
     if ctx.problems:
         raise ConfigError(ctx.problems)

@@ -16,7 +16,9 @@ from model_starter.config.convert import Key, key
 
 LauncherKind = Literal["process", "command", "v2"]
 Mode = Literal["error_page", "auth_request"]
+OpenAISwitch = Literal["auto", "true", "false"]
 LAUNCHERS: tuple[LauncherKind, ...] = get_args(LauncherKind)
+OPENAI: tuple[OpenAISwitch, ...] = get_args(OpenAISwitch)
 MODES: tuple[Mode, ...] = get_args(Mode)
 
 MODEL_NAME_RE = c.NAME_RE  # always `fullmatch`
@@ -83,6 +85,8 @@ class ModelSpec:
     crash_loop: CrashLoop = key(  # noqa: RUF009
         c.nested(CrashLoop), "that many failed starts or crashes within `window` s: no start "
         "for `backoff` s (503 + `Retry-After`)", CrashLoop(), shared=True)
+    aliases: tuple[str, ...] = key(
+        c.names, "more names for the OpenAI (`/v1/`) and V2 (`/v2/models/`) routes", ())
 
     @property
     def hold_timeout(self) -> float:
@@ -141,6 +145,12 @@ class NginxSettings:
                                path=True)
     reload_command: tuple[str, ...] | None = key(
         c.argv, "... then run this argv (e.g. `nginx -s reload`)", None)
+    openai: OpenAISwitch = key(  # noqa: RUF009
+        c.switch(OPENAI), "the OpenAI endpoint `/v1/` routed by the body's `model` (needs njs); "
+        "`auto`: when nginx's njs module is installed", "auto")
+    openai_max_body_size: str = key(
+        c.body_size, "largest body `/v1/` inspects (held in memory): audio and base64 images",
+        "32m")
 
 
 @dataclass(frozen=True)

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Protocol
+from typing import Literal, Protocol
 
-__all__ = ["Launcher", "StartError"]
+from model_starter.events import FailureReason
+
+__all__ = ["FailureReason", "Launcher", "LauncherKind", "StartError"]
+
+LauncherKind = Literal["process", "command", "v2"]
 
 
 class StartError(Exception):
@@ -13,7 +17,7 @@ class StartError(Exception):
 
     def __init__(
         self,
-        reason: str,
+        reason: FailureReason,
         detail: str,
         *,
         exit_status: int | None = None,
@@ -29,7 +33,7 @@ class StartError(Exception):
 
     def as_json(self, model: str) -> dict[str, object]:
         return {
-            "error": self.reason,
+            "error": str(self.reason),
             "model": model,
             "detail": self.detail,
             "exit_status": self.exit_status,
@@ -40,7 +44,7 @@ class StartError(Exception):
 class Launcher(Protocol):
     """Starts and stops one model. Readiness is checked by the supervisor, not here."""
 
-    kind: str
+    kind: LauncherKind
     owns_process: bool  # its `exited` is the model's own process (else: ask its health URL)
 
     @property
@@ -69,6 +73,14 @@ class Launcher(Protocol):
 
     def tail(self, lines: int = 20) -> list[str]:
         """The last lines of the model's log."""
+
+    def replay_safe(self, first_status: int | None) -> bool:
+        """Is a replay safe although the request reached the upstream, given the status of
+        nginx's first attempt? (V2: the server's 400/404 means "not loaded": nothing ran.)"""
+
+    async def server_state(self) -> str | None:
+        """What the inference server says about this model (V2: its repository-index state);
+        None for launchers without one."""
 
     def maintain(self) -> None:
         """Periodic housekeeping (log bounds); cheap and synchronous."""

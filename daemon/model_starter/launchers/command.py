@@ -11,10 +11,11 @@ import asyncio
 import collections
 import logging
 import os
+from typing import Literal
 
 from model_starter.commands import run_command
 from model_starter.config import CommandSpec
-from model_starter.launchers.base import StartError
+from model_starter.launchers.base import FailureReason, LauncherKind, StartError
 from model_starter.launchers.process import model_environment
 
 __all__ = ["CommandLauncher"]
@@ -23,9 +24,15 @@ log = logging.getLogger("model_starter.launcher")
 
 OUTPUT_LINES = 200
 
+Step = Literal["start", "stop", "status"]
+TIMED_OUT: dict[Step, FailureReason] = {
+    "start": FailureReason.START_TIMEOUT, "stop": FailureReason.STOP_TIMEOUT,
+    "status": FailureReason.STATUS_TIMEOUT,
+}
+
 
 class CommandLauncher:
-    kind = "command"
+    kind: LauncherKind = "command"
     owns_process = False
 
     def __init__(self, spec: CommandSpec) -> None:
@@ -49,16 +56,16 @@ class CommandLauncher:
     def activity_port(self) -> int | None:
         return self.spec.port if self.spec.host in ("127.0.0.1", "localhost", "::1") else None
 
-    async def _run(self, what: str, argv: tuple[str, ...], timeout: float) -> tuple[int, list[str]]:
+    async def _run(self, what: Step, argv: tuple[str, ...], timeout: float) -> tuple[int, list[str]]:
         env = model_environment(self.spec.env, os.environ)
         env["MODEL_STARTER_MODEL"] = self.spec.name
         try:
             status, out = await run_command(argv, timeout, env, self.spec.cwd)
         except OSError as exc:
-            raise StartError("spawn_failed", f"cannot run {what} command {argv[0]!r}: "
+            raise StartError(FailureReason.SPAWN_FAILED, f"cannot run {what} command {argv[0]!r}: "
                              f"{exc.strerror or exc}", retry_after=30) from None
         except TimeoutError:
-            raise StartError(f"{what}_timeout",
+            raise StartError(TIMED_OUT[what],
                              f"the {what} command of model '{self.spec.name}' did not finish "
                              f"within {timeout:g}s", log_tail=list(self._output)[-20:],
                              retry_after=30) from None
@@ -70,7 +77,7 @@ class CommandLauncher:
         status, lines = await self._run("start", self.spec.start, self.spec.startup_timeout)
         if status != 0:
             raise StartError(
-                "start_command_failed",
+                FailureReason.START_COMMAND_FAILED,
                 f"the start command of model '{self.spec.name}' exited with status {status}",
                 exit_status=status, log_tail=lines[-20:], retry_after=10,
             )
@@ -100,4 +107,10 @@ class CommandLauncher:
         return list(self._output)[-lines:]
 
     def maintain(self) -> None:
+        return None
+
+    def replay_safe(self, first_status: int | None) -> bool:
+        return False
+
+    async def server_state(self) -> str | None:
         return None

@@ -23,7 +23,7 @@ from typing import Any
 
 from model_starter.commands import run_command
 from model_starter.config import ProcessSpec
-from model_starter.launchers.base import StartError
+from model_starter.launchers.base import FailureReason, LauncherKind, StartError
 from model_starter.logfile import LogFile
 from model_starter.netstat import listening_inodes, pids_holding
 
@@ -73,7 +73,7 @@ def process_start_time(pid: int) -> int | None:
 
 
 class ProcessLauncher:
-    kind = "process"
+    kind: LauncherKind = "process"
     owns_process = True
 
     def __init__(self, spec: ProcessSpec, logfile: LogFile, state_dir: Path) -> None:
@@ -122,7 +122,7 @@ class ProcessLauncher:
             )
         except OSError as exc:
             raise StartError(
-                "spawn_failed",
+                FailureReason.SPAWN_FAILED,
                 f"cannot run {spec.command[0]!r}: {exc.strerror or exc}",
                 retry_after=30,
             ) from None
@@ -143,7 +143,7 @@ class ProcessLauncher:
         pids = pids_holding(inodes)
         holder = f"pid {pids[0]}" if pids else "another process"
         raise StartError(
-            "port_in_use",
+            FailureReason.PORT_IN_USE,
             f"port {self.spec.port} in use by {holder}, not started by model-starter",
             retry_after=30,
         )
@@ -258,6 +258,12 @@ class ProcessLauncher:
 
     def maintain(self) -> None:
         self.logfile.enforce_bound()
+
+    def replay_safe(self, first_status: int | None) -> bool:
+        return False
+
+    async def server_state(self) -> str | None:
+        return None
 
 
 def _killpg(pgid: int, sig: int) -> None:

@@ -14,17 +14,15 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from typing import TYPE_CHECKING
 
 import aiohttp
 
 from model_starter.config import InferenceServer, V2Spec
-from model_starter.launchers.base import StartError
+from model_starter.inference import InferenceServerProcess
+from model_starter.launchers.base import FailureReason, LauncherKind, StartError
+from model_starter.protocol import V2_NOT_LOADED_STATUSES
 
-if TYPE_CHECKING:
-    from model_starter.supervisor import ModelSupervisor
-
-__all__ = ["V2Launcher", "v2_error"]
+__all__ = ["ServerCalls", "V2Launcher", "v2_error"]
 
 log = logging.getLogger("model_starter.launcher")
 
@@ -43,8 +41,17 @@ def v2_error(status: int, body: bytes) -> str:
     return f"HTTP {status}: {text[:500]}"
 
 
+class ServerCalls:
+    """The daemon's own calls to the inference server now under way (loads, probes, the
+    repository index for the status): the activity monitor must not take their
+    connections for the models' requests."""
+
+    def __init__(self) -> None:
+        self.under_way = 0
+
+
 class V2Launcher:
-    kind = "v2"
+    kind: LauncherKind = "v2"
     owns_process = False
 
     def __init__(
@@ -52,12 +59,14 @@ class V2Launcher:
         spec: V2Spec,
         server: InferenceServer,
         session: aiohttp.ClientSession,
-        server_supervisor: ModelSupervisor | None = None,
+        process: InferenceServerProcess | None = None,
+        calls: ServerCalls | None = None,
     ) -> None:
         self.spec = spec
         self.server = server
         self.session = session
-        self.server_supervisor = server_supervisor
+        self.process = process  # the server, when the daemon runs it
+        self.calls = calls if calls is not None else ServerCalls()
         self.name = spec.v2_name or spec.name
         host = f"[{server.host}]" if ":" in server.host else server.host
         self.base = f"http://{host}:{server.port}"
@@ -65,8 +74,7 @@ class V2Launcher:
 
     @property
     def pid(self) -> int | None:
-        sup = self.server_supervisor
-        return sup.launcher.pid if sup is not None else None
+        return self.process.launcher.pid if self.process is not None else None
 
     @property
     def exited(self) -> asyncio.Future[int] | None:
@@ -82,18 +90,21 @@ class V2Launcher:
         return None  # the port is shared by every model of the server
 
     async def _call(self, method: str, path: str, timeout: float) -> tuple[int, bytes]:
-        async with self.session.request(
-            method, self.base + path, headers=JSON_HEADERS,
-            data=b"{}" if method == "POST" else None,
-            timeout=aiohttp.ClientTimeout(total=timeout),
-        ) as resp:
-            return resp.status, await resp.read()
+        self.calls.under_way += 1
+        try:
+            async with self.session.request(
+                method, self.base + path, headers=JSON_HEADERS,
+                data=b"{}" if method == "POST" else None,
+                timeout=aiohttp.ClientTimeout(total=timeout),
+            ) as resp:
+                return resp.status, await resp.read()
+        finally:
+            self.calls.under_way -= 1
 
     async def _server_up(self) -> None:
-        sup = self.server_supervisor
-        if sup is not None:
-            await sup.ensure_ready()  # starts the server if it is down (single flight)
-            self._exited = sup.launcher.exited
+        if self.process is not None:
+            await self.process.ensure_up()  # starts the server if it is down (single flight)
+            self._exited = self.process.exited
             return
         try:
             status, body = await self._call("GET", self.server.health, 5)
@@ -104,7 +115,7 @@ class V2Launcher:
                 return
             reason = v2_error(status, body)
         raise StartError(
-            "inference_server_down",
+            FailureReason.INFERENCE_SERVER_DOWN,
             f"the inference server at {self.server.host}:{self.server.port} is not reachable "
             f"({reason}); model '{self.spec.name}' cannot be loaded",
             retry_after=10,
@@ -126,11 +137,11 @@ class V2Launcher:
                 "POST", f"/v2/repository/models/{self.name}/load", self.spec.startup_timeout
             )
         except (aiohttp.ClientError, TimeoutError) as exc:
-            raise StartError("load_failed", f"loading '{self.name}' failed: "
+            raise StartError(FailureReason.LOAD_FAILED, f"loading '{self.name}' failed: "
                              f"{type(exc).__name__}: {exc}", retry_after=10) from None
         if not 200 <= status < 300:
             raise StartError(
-                "load_failed",
+                FailureReason.LOAD_FAILED,
                 f"the inference server refused to load '{self.name}': {v2_error(status, body)}",
                 log_tail=self.tail(), retry_after=10,
             )
@@ -147,11 +158,10 @@ class V2Launcher:
             log.warning("model=%s unload: %s", self.spec.name, v2_error(status, body))
 
     async def adopt(self) -> bool:
-        sup = self.server_supervisor
-        if sup is not None:
-            if sup.state != "ready":
+        if self.process is not None:
+            if not self.process.running:
                 return False
-            self._exited = sup.launcher.exited
+            self._exited = self.process.exited
         return await self._is_ready()
 
     async def index_states(self) -> dict[str, str]:
@@ -167,9 +177,14 @@ class V2Launcher:
             return {}
         return {str(m.get("name")): str(m.get("state", "")) for m in data if isinstance(m, dict)}
 
+    async def server_state(self) -> str | None:
+        return (await self.index_states()).get(self.name)
+
+    def replay_safe(self, first_status: int | None) -> bool:
+        return first_status in V2_NOT_LOADED_STATUSES
+
     def tail(self, lines: int = 20) -> list[str]:
-        sup = self.server_supervisor
-        return sup.launcher.tail(lines) if sup is not None else []
+        return self.process.launcher.tail(lines) if self.process is not None else []
 
     def maintain(self) -> None:
         return None

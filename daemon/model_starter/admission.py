@@ -1,0 +1,95 @@
+"""Admission under capacity: a start may begin once its model's resources are free.
+
+Starts are admitted one at a time (a lock): admission picks victims with the pure
+`policy.choose_victims`, then asks each victim's owner to stop; an owner that became
+busy in the meantime refuses, and admission looks again. Busy victims are waited
+for (their in-flight requests finish) up to the starting model's startup_timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Mapping
+
+from model_starter.events import FailureReason, State, StopReason
+from model_starter.launchers import StartError
+from model_starter.policy import Holder, choose_victims
+from model_starter.supervisor import ModelSupervisor
+
+__all__ = ["Admission"]
+
+DRAIN_POLL = 0.05
+
+
+class Admission:
+    def __init__(
+        self,
+        models: Callable[[], Mapping[str, ModelSupervisor]],
+        capacity: Callable[[], Mapping[str, float]],
+        refresh_activity: Callable[[], None],
+        clock: Callable[[], float] = time.monotonic,
+        drain_poll: float = DRAIN_POLL,
+    ) -> None:
+        self._models = models
+        self._capacity = capacity
+        self._refresh_activity = refresh_activity
+        self._clock = clock
+        self._drain_poll = drain_poll
+        self._lock = asyncio.Lock()
+
+    def holders(self, starting: ModelSupervisor, now: float) -> list[Holder]:
+        """Every other model that holds resources now (running, stopping, admitted)."""
+        out = []
+        for sup in self._models().values():
+            if sup is starting:
+                continue
+            if sup.state in (State.READY, State.STOPPING) or (
+                sup.state is State.STARTING and sup.admitted
+            ):
+                out.append(Holder(
+                    name=sup.spec.name, holds=sup.spec.requires, last_used=sup.usage.last_activity,
+                    busy=sup.busy(now), pinned=sup.spec.pinned,
+                    evictable=sup.state is State.READY,
+                ))
+        return out
+
+    async def make_room(self, sup: ModelSupervisor) -> None:
+        """Admit `sup` (called inside its start): stop other models until it fits."""
+        deadline = self._clock() + sup.spec.startup_timeout
+        async with self._lock:
+            while True:
+                now = self._clock()
+                self._refresh_activity()
+                holders = self.holders(sup, now)
+                victims = choose_victims(sup.spec.requires, self._capacity(), holders)
+                if victims.fits and not victims.names:
+                    sup.admit()
+                    return
+                models = self._models()
+                stops = [t for name in victims.names
+                         if (t := models[name].try_stop(StopReason.EVICTED)) is not None]
+                if stops:
+                    await asyncio.gather(*stops, return_exceptions=True)
+                    continue
+                settled = all(h.evictable for h in holders)  # nobody starting or stopping
+                if now >= deadline or (not victims.fits and settled):
+                    raise self._no_room(sup, victims.fits, holders)
+                await asyncio.sleep(self._drain_poll)  # busy victims finish their requests
+
+    def _no_room(self, sup: ModelSupervisor, could_fit: bool, holders: list[Holder]) -> StartError:
+        busy = ", ".join(h.name for h in holders if h.busy) or "none"
+        if could_fit:
+            return StartError(
+                FailureReason.CAPACITY_TIMEOUT,
+                f"model '{sup.spec.name}' needs {dict(sup.spec.requires)}; the models holding it "
+                f"were still busy after {sup.spec.startup_timeout:g}s (busy: {busy})",
+                retry_after=10,
+            )
+        held = ", ".join(f"{h.name} {dict(h.holds)}" for h in holders)
+        return StartError(
+            FailureReason.NO_CAPACITY,
+            f"model '{sup.spec.name}' needs {dict(sup.spec.requires)} of "
+            f"{dict(self._capacity())}; held by: {held or 'nobody'}",
+            retry_after=10,
+        )

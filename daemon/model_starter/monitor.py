@@ -1,0 +1,135 @@
+"""The activity monitor: what the models are doing, and idle stops.
+
+Two sources: the kernel's view of each model's port (`activity.scan_ports`, every
+ACTIVITY_INTERVAL), and for V2 models, whose server port is shared, nginx's activity
+feed (one syslog line over UDP per finished request, parsed by
+`protocol.parse_activity_datagram`). After each scan it runs the caller's `after_scan`
+(the reloader swaps in changed specs), then asks idle models to stop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from model_starter.activity import scan_ports
+from model_starter.events import State, StopReason
+from model_starter.protocol import parse_activity_datagram
+from model_starter.supervisor import ModelSupervisor
+
+__all__ = ["ActivityMonitor"]
+
+log = logging.getLogger("model_starter.monitor")
+
+ACTIVITY_INTERVAL = 0.5
+HOUSEKEEPING_INTERVAL = 5.0
+
+Models = Callable[[], Mapping[str, ModelSupervisor]]
+
+
+class ActivityMonitor:
+    def __init__(
+        self,
+        models: Models,
+        shared: Models,
+        shared_port: Callable[[], int | None],
+        after_scan: Callable[[], None],
+        clock: Callable[[], float] = time.monotonic,
+        own_calls: Callable[[], int] = lambda: 0,
+    ) -> None:
+        """`models`: every model by name; `shared`: the models on the shared inference
+        server by their name there; `shared_port`: that server's port (None: no such models);
+        `own_calls`: the daemon's own calls to that server under way (not the models' use)."""
+        self._models = models
+        self._shared = shared
+        self._shared_port = shared_port
+        self._after_scan = after_scan
+        self._clock = clock
+        self._own_calls = own_calls
+        self._udp: asyncio.DatagramTransport | None = None
+
+    def refresh(self) -> None:
+        """Scan the kernel once and tell each running model what it shows."""
+        now = self._clock()
+        ports = {sup.launcher.activity_port: sup for sup in self._models().values()
+                 if sup.state is State.READY and sup.launcher.activity_port is not None}
+        shared = self._shared_port()
+        scan = scan_ports([*ports, *([shared] if shared is not None else [])])
+        for port, sup in ports.items():
+            act = scan[port]
+            sup.observe(act.in_flight, act.last_close_ago, now)
+        if shared is not None:
+            # Conservative: a connection to the shared server may be any of its models'.
+            # Their last activity comes from nginx's per-request log instead.
+            busy = max(0, scan[shared].in_flight - self._own_calls())
+            for sup in self._shared().values():
+                sup.observe(busy, None, now)
+
+    def stop_idle(self) -> None:
+        now = self._clock()
+        for sup in self._models().values():
+            timeout = sup.spec.idle_timeout
+            if timeout > 0 and sup.state is State.READY and sup.usage.idle_for(now) >= timeout:
+                sup.try_stop(StopReason.IDLE)
+
+    async def watch(self, interval: float = ACTIVITY_INTERVAL) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                self.refresh()
+                self._after_scan()
+                self.stop_idle()
+            except Exception:
+                log.exception("activity scan failed")
+
+    async def housekeep(self, interval: float = HOUSEKEEPING_INTERVAL) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            for sup in self._models().values():
+                try:
+                    sup.launcher.maintain()
+                except Exception:
+                    log.exception("model=%s housekeeping failed", sup.spec.name)
+
+    # -- nginx's activity feed -------------------------------------------------------------
+
+    @property
+    def listening(self) -> bool:
+        return self._udp is not None
+
+    async def listen(self, host: str, port: int, key: str) -> None:
+        """nginx logs each finished V2 request here (syslog over UDP, on the daemon's own
+        address): a shared server port cannot tell which model a connection is for. Only
+        lines that carry `key` (see ``feedkey``) count."""
+        loop = asyncio.get_running_loop()
+        try:
+            self._udp, _ = await loop.create_datagram_endpoint(
+                lambda: _ActivityFeed(self.request_finished, key), local_addr=(host, port))
+        except OSError as exc:
+            log.error("cannot receive nginx activity log on udp %s:%s: %s", host, port, exc)
+
+    def request_finished(self, name: str) -> None:
+        sup = self._shared().get(name)
+        if sup is not None:
+            sup.touch(self._clock())
+
+    def close(self) -> None:
+        if self._udp is not None:
+            self._udp.close()
+            self._udp = None
+
+
+class _ActivityFeed(asyncio.DatagramProtocol):
+    """Syslog lines from nginx: ``<190>... model_starter: KEY /v2/models/NAME/infer``."""
+
+    def __init__(self, finished: Callable[[str], None], key: str) -> None:
+        self._finished = finished
+        self._key = key
+
+    def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
+        name = parse_activity_datagram(data, self._key)
+        if name is not None:
+            self._finished(name)

@@ -145,7 +145,7 @@ VALID = {
     "size": st.sampled_from(["1m", "100", "2g", "64K"]),
 }
 sources = st.sampled_from(["c.yaml", "a\nlocation / { return 200 x; }\n#.yaml", "é☃.yaml"])
-FIELDS = ["model", "host", "v2_name", "model_size", "listen", "nginx.listen", "nginx.size",
+FIELDS = ["model", "alias", "host", "v2_name", "model_size", "listen", "nginx.listen", "nginx.size",
           "inference.host", "$INFERENCE_SERVER_HOST"]
 
 
@@ -168,6 +168,8 @@ def nginx_configs(draw: st.DrawFn) -> tuple[dict[str, Any], dict[str, str], str]
             spec["v2_name"] = value("v2_name", "name") + str(i)
         if draw(st.booleans()):
             spec["client_max_body_size"] = value("model_size", "size")
+        if poison == "alias" or draw(st.booleans()):
+            spec["aliases"] = [value("alias", "name") + f"-alias{i}"]
         spec["mode"] = draw(st.sampled_from(["error_page", "auth_request"]))
         models[value("model", "name") + str(i)] = spec
     listen = value("listen", "listen").split()[0]
@@ -186,8 +188,10 @@ def nginx_configs(draw: st.DrawFn) -> tuple[dict[str, Any], dict[str, str], str]
 
 
 def _statements(text: str) -> list[str]:
-    """nginx's tokens, reduced to the structure: each directive's name, `{` and `}`."""
+    """nginx's tokens, reduced to the structure: each directive's name, `{` and `}` (an
+    entry of a `map` block, whose first word is data, counts as `<entry>`)."""
     out: list[str] = []
+    blocks: list[str] = []
     start = True
     for m in re.finditer(r"#[^\n]*|'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"|[{};]|[^\s{};'\"#]+",
                          text):
@@ -195,11 +199,15 @@ def _statements(text: str) -> list[str]:
         if token.startswith("#"):
             continue
         if token in "{};":
+            if token == "{":
+                blocks.append(out[-1] if out else "")
+            elif token == "}":
+                blocks.pop()
             if token != ";":
                 out.append(token)
             start = True
         elif start:
-            out.append(token)
+            out.append("<entry>" if blocks and blocks[-1] == "map" else token)
             start = False
     return out
 
@@ -207,12 +215,14 @@ def _statements(text: str) -> list[str]:
 def _benign(doc: dict[str, Any]) -> dict[str, Any]:
     """The same config with every nginx-reaching value replaced by a plain one."""
     models = {}
-    for i, spec in enumerate(doc["models"].values()):
-        plain = {k: v for k, v in spec.items() if k not in ("host", "v2_name")}
+    for i, (name, spec) in enumerate(doc["models"].items()):
+        plain = {k: v for k, v in spec.items() if k not in ("host", "v2_name", "aliases")}
+        if "aliases" in spec:
+            plain["aliases"] = [f"a{i}"]
         if "client_max_body_size" in plain:
             plain["client_max_body_size"] = "1m"
-        if "v2_name" in spec:
-            plain["v2_name"] = f"v{i}"
+        if "v2_name" in spec:  # (the same as the name: fewer routes)
+            plain["v2_name"] = f"m{i}" if spec["v2_name"] == name else f"v{i}"
         models[f"m{i}"] = plain
     nginx = {**doc["nginx"], "listen": "8000"}
     if "client_max_body_size" in nginx:

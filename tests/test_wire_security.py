@@ -3,9 +3,11 @@ daemon (issue 11: items 2, 3, 4, 5, 8, 11 and 12's event-stream and v2_name boun
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import os
 import re
+import socket
 import stat
 from pathlib import Path
 
@@ -13,6 +15,7 @@ import pytest
 
 from model_starter.config import ConfigError, parse_config
 from model_starter.feedkey import FEED_KEY_FILE
+from model_starter.monitor import ActivityMonitor
 from model_starter.nginx import render
 from model_starter.protocol import (
     CLIENT_HEADER,
@@ -236,3 +239,37 @@ def test_listen_parameters_are_kept() -> None:
     config = parse_config("nginx: {listen: '[::1]:8000  default_server'}\n"
                           "models:\n  m: {command: [x], port: 9001}\n", environ={})
     assert "    listen [::1]:8000 default_server;\n" in render(config, KEY)
+
+
+def test_the_daemon_counts_only_datagrams_with_the_key() -> None:
+    """A forged activity line to the daemon's UDP port (anyone on the host can send one)
+    counts for nothing; nginx's line, with the key, counts."""
+    got: list[str] = []
+
+    async def run() -> None:
+        monitor = ActivityMonitor(dict, dict, lambda: None, lambda: None)
+        monitor.request_finished = got.append  # type: ignore[method-assign]
+        port = free_udp_port()
+        await monitor.listen("127.0.0.1", port, KEY)
+        try:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+                for line in (b"<190>Dec  2 10:00:00 model_starter: /v2/models/forged/infer",
+                             b"<190>Dec  2 10:00:00 model_starter: %s /v2/models/m/infer" % (
+                                 b"0" * 32),
+                             b"<190>Dec  2 10:00:00 model_starter: %s /v2/models/real/infer" % (
+                                 KEY.encode())):
+                    sock.sendto(line, ("127.0.0.1", port))
+            deadline = asyncio.get_running_loop().time() + 10
+            while "real" not in got and asyncio.get_running_loop().time() < deadline:
+                await asyncio.sleep(0.01)
+        finally:
+            monitor.close()
+
+    asyncio.run(run())
+    assert got == ["real"]
+
+
+def free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])

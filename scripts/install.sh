@@ -10,6 +10,8 @@ command -v wrk >/dev/null 2>&1 || need+=(wrk)
 # njs: the OpenAI endpoint (/v1/) routes by the request body's `model` inside nginx.
 [ -f /usr/lib/nginx/modules/ngx_http_js_module.so ] || need+=(libnginx-mod-http-js)
 python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
+# llama.cpp (xllamacpp) needs the OpenMP runtime, which a minimal Debian does not have.
+dpkg-query -W -f='${Status}' libgomp1 2>/dev/null | grep -q "ok installed" || need+=(libgomp1)
 if [ "${#need[@]}" -gt 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
     $SUDO apt-get update -q

@@ -15,6 +15,7 @@ Endpoints (any method; HEAD gets headers only):
   /crash-stream?after=S&interval=I  SSE stream, os._exit(3) after S seconds
   /slow?seconds=S              sleep S seconds, then answer like echo
   /pid                         {"pid": ...}
+  /say?text=T                  print "say: T" (URL-decoded) to stderr, the model's log; echo
   anything else (e.g. /echo)   {"pid","method","path","headers","body_sha256","body_len"}
 
 Request bodies may use Content-Length or Transfer-Encoding: chunked.
@@ -384,6 +385,11 @@ class Connection:
                     self.send_json(req, 503, {"status": "starting", "pid": PID}, keepalive)
             elif path == "/pid":
                 self.send_json(req, 200, {"pid": PID}, keepalive)
+            elif path == "/say":
+                from urllib.parse import unquote_plus
+
+                log(f"say: {unquote_plus(req.query.get('text', ''))}")
+                self.send_json(req, 200, self.echo_obj(req), keepalive)
             elif path.startswith("/status/"):
                 try:
                     code = int(path[len("/status/") :])

@@ -36,6 +36,24 @@ def test_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
     assert not any(line.startswith(("PrivateDevices", "MemoryDenyWriteExecute"))
                    for line in settings)
     assert "DeviceAllow=char-nvidia-frontend rw" in settings
+    # A group that may not exist on the host (render, without GPU drivers) fails the start
+    # with 216/GROUP: the unit names none, the README shows the drop-in.
+    assert not any(line.startswith("SupplementaryGroups") for line in settings)
+    assert "ReadWritePaths=-/etc/nginx/model-starter" in settings
+
+
+def test_nginx_reload_path_unit_verifies(tmp_path: Path) -> None:
+    """The path unit that reloads nginx when the daemon rewrites its include, and its service,
+    pass `systemd-analyze verify` and watch the folder the main unit may write."""
+    if shutil.which("systemd-analyze") is None:
+        pytest.skip("systemd-analyze is not installed")
+    units = [ROOT / "systemd" / f"model-orchestrator-nginx.{kind}" for kind in ("path", "service")]
+    for unit in units:
+        shutil.copy(unit, tmp_path / unit.name)
+    out = subprocess.run(["systemd-analyze", "verify", *(str(tmp_path / u.name) for u in units)],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "PathChanged=/etc/nginx/model-starter/model-starter.conf" in units[0].read_text()
 
 
 @contextlib.contextmanager

@@ -193,7 +193,7 @@ def test_event_streams_are_bounded(tmp_path: Path, record: Path) -> None:
                 assert conn.getresponse().status == 200
                 conns.append(conn)
             refused = s.direct("GET", "/_ms/events")
-            assert refused.status == 503 and refused.json()["error"] == "too_many_streams"
+            assert refused.status == 429 and refused.json()["error"] == "too_many_streams"
             assert "retry-after" in refused.headers
         finally:
             for conn in conns:

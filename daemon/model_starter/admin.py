@@ -15,8 +15,10 @@ import json
 from sanic import Blueprint, HTTPResponse, Request
 from sanic import json as json_response
 
+from model_starter.dashboard import install_dashboard, public_asset
 from model_starter.events import Shutdown, Status, StopReason, TooManySubscribers
 from model_starter.launchers import StartError
+from model_starter.logs_api import install_logs
 from model_starter.metrics import CONTENT_TYPE
 from model_starter.protocol import ADMIN_PREFIX, ERROR_UNKNOWN_MODEL
 from model_starter.responses import error_response, start_error_response
@@ -54,6 +56,8 @@ async def guard(request: Request) -> HTTPResponse | None:
     else:
         given = request.headers.get("Authorization", "")
         if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+            if public_asset(request.path):  # the page's files hold no data; it asks for it
+                return None
             return error_response(401, "unauthorized", "a valid bearer token is required",
                                   headers={"WWW-Authenticate": "Bearer"})
     if request.method not in SAFE_METHODS:
@@ -108,7 +112,7 @@ async def events(request: Request) -> HTTPResponse | None:
     try:
         subscription = hub.subscribe(pool.config.max_event_streams)
     except TooManySubscribers as exc:
-        return error_response(503, "too_many_streams", f"{exc} (max_event_streams)",
+        return error_response(429, "too_many_streams", f"{exc} (max_event_streams)",
                               retry_after=int(KEEPALIVE_SECONDS))
     with subscription as queue:
         response = await request.respond(
@@ -129,3 +133,7 @@ async def events(request: Request) -> HTTPResponse | None:
             await response.send(f"event: {event.kind}\ndata: {json.dumps(event.as_json())}\n\n")
     await response.eof()
     return None
+
+
+install_logs(admin)  # behind the same guard: the model logs and the dashboard
+install_dashboard(admin)

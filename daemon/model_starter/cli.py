@@ -12,6 +12,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from model_starter.cli_logs import add_logs_arguments, logs_command
 from model_starter.config import Config, ConfigError, load_config
 from model_starter.protocol import CLIENT_HEADER, admin_path
 
@@ -47,6 +48,10 @@ def _parser() -> argparse.ArgumentParser:
     for name in ("start", "stop"):
         cmd(name, f"{name} a model in the running daemon").add_argument("model")
     cmd("reload", "make the running daemon re-read its config (like SIGHUP)")
+    doc = cmd("doctor", "what concurrency the running nginx and daemon allow; how to raise it")
+    doc.add_argument("--target", type=int, default=1000, help="concurrent clients to allow")
+    doc.add_argument("--nginx-conf", help="nginx.conf to read (default: nginx's own)")
+    add_logs_arguments(cmd("logs", "print a model's log from the running daemon (-f follows it)"))
     return p
 
 
@@ -73,6 +78,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.cmd == "nginx":
         return _nginx(config, args.style, args.output_dir)
+    if args.cmd == "doctor":
+        return _doctor(config, args.target, args.nginx_conf)
     if args.cmd == "serve":
         from model_starter.serve import serve
 
@@ -94,9 +101,27 @@ def _nginx(config: Config, style: str, output_dir: str | None) -> int:
     return 0
 
 
+def _doctor(config: Config, target: int, nginx_conf: str | None) -> int:
+    from model_starter import doctor
+
+    try:
+        settings = doctor.parse_nginx_dump(doctor.run_nginx_dump(conf=nginx_conf))
+    except (OSError, RuntimeError) as exc:
+        print(f"cannot read nginx's configuration: {exc}", file=sys.stderr)
+        return 1
+    pid = doctor.daemon_pid(config.listen_port)
+    daemon_files = None if pid is None else (doctor.nofile_limit(pid) or (None, None))[0]
+    findings = doctor.diagnose(settings, doctor.worker_nofile(settings.pid_file), daemon_files,
+                               target)
+    sys.stdout.write(doctor.render(findings))
+    return 1 if any(f.level == "warn" for f in findings) else 0
+
+
 def _client(config: Config, args: argparse.Namespace) -> int:
     base = f"http://{_connect_host(config.listen_host)}:{config.listen_port}"
     token = config.admin_token
+    if args.cmd == "logs":
+        return logs_command(base, token, args, config.listen)
     if args.cmd == "status":
         code, body = _call("GET", base + admin_path("status"), token)
     elif args.cmd == "reload":

@@ -141,16 +141,18 @@ def is_openai_path(path: str) -> bool:
 
 # Model names start with an alphanumeric, so this prefix can never be a model.
 ADMIN_PREFIX: Final = "/_ms"
-AdminPath = Literal["status", "reload", "metrics", "events", "start", "stop"]
+AdminPath = Literal["status", "reload", "metrics", "events", "start", "stop", "logs"]
 
 _NUMBER = re.compile(r"\d+")
 
 
 def admin_path(what: AdminPath, model: str | None = None) -> str:
-    """The URL path of an admin call; ``start``/``stop`` need the model."""
-    if what in ("start", "stop"):
+    """The URL path of an admin call; ``start``/``stop``/``logs`` need the model."""
+    if what in ("start", "stop", "logs"):
         if model is None:
             raise ValueError(f"admin {what} needs a model name")
+        if what == "logs":
+            return f"{ADMIN_PREFIX}/logs/{model}"
         return f"{ADMIN_PREFIX}/models/{model}/{what}"
     return f"{ADMIN_PREFIX}/{what}"
 

@@ -191,7 +191,7 @@ class Config:
         c.seconds(0, 600), "seconds a model counts as busy after held requests were released, "
         "so their replays are never cut by an idle stop or an eviction", 3.0)
     max_event_streams: int = key(
-        c.integer(1, 10**5), "open event streams (`/_ms/events`) at most; one more gets 503",
+        c.integer(1, 10**5), "open event streams (`/_ms/events`) at most; one more gets 429",
         32)
     allowed_hosts: tuple[str, ...] = key(
         c.hosts, "`Host` names the admin API and the start path answer besides loopback "

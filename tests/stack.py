@@ -23,6 +23,7 @@ from typing import Any
 import yaml
 
 from model_starter.nginx_openai import njs_module
+from model_starter.protocol import CLIENT_HEADER
 
 ROOT = Path(__file__).resolve().parent.parent
 FAKEMODEL = str(ROOT / "tests" / "fakemodel.py")
@@ -250,6 +251,8 @@ class Stack:
         return request(self.nginx_port, method, path, **kw)
 
     def direct(self, method: str, path: str, **kw: Any) -> Response:
+        """A call to the daemon itself, as the CLI makes it (with the client header)."""
+        kw["headers"] = {CLIENT_HEADER: "tests", **(kw.get("headers") or {})}
         return request(self.daemon_port, method, path, **kw)
 
     def status(self) -> dict[str, dict[str, Any]]:

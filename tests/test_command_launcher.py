@@ -86,7 +86,9 @@ def test_failing_start_command_gives_503_with_its_output(tmp_path: Path, record:
         assert resp.status == 503
         data = resp.json()
         assert data["error"] == "start_command_failed" and data["exit_status"] == 4
-        assert any("no such unit" in line for line in data["log_tail"])
+        assert "log_tail" not in data and data["request_id"]  # the output: status only
+        log_tail = s.status()["svc"]["last_error"]["log_tail"]
+        assert any("no such unit" in line for line in log_tail)
         assert "retry-after" in resp.headers
 
 

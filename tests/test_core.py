@@ -142,7 +142,9 @@ def test_admin_api_is_not_reachable_through_nginx(tmp_path: Path, record: Path) 
 
 
 def test_model_that_exits_at_once_gets_503_with_log_tail(tmp_path: Path, record: Path) -> None:
-    """A model that exits while starting fails at once: 503 JSON, exit status, log tail."""
+    """A model that exits while starting fails at once: 503 JSON with the exit status and a
+    request id; the log tail (which may hold secrets) is in `status` and the daemon's log
+    under that id, never in the client's answer."""
     model = fake_model(free_port(), "--exit-at-once", "7", record=record)
     model["startup_timeout"] = 60
     with stack(tmp_path, {"m": model}) as s:
@@ -154,7 +156,13 @@ def test_model_that_exits_at_once_gets_503_with_log_tail(tmp_path: Path, record:
         assert "retry-after" in resp.headers
         data = resp.json()
         assert data["error"] == "exited" and data["exit_status"] == 7
-        assert data["log_tail"][-1] == "line 25" and len(data["log_tail"]) == 20
+        assert "log_tail" not in data and b"line 25" not in resp.body
+        assert resp.headers["x-model-starter-request-id"] == data["request_id"]
+        tail = s.status()["m"]["last_error"]["log_tail"]
+        assert tail[-1] == "line 25" and len(tail) == 20
+        wait_for(lambda: f"request {data['request_id']}: model=m" in s.daemon_log(), 10,
+                 "the daemon to log the failure under the request id")
+        assert "line 25" in s.daemon_log().split(data["request_id"], 1)[1]
 
 
 def test_model_never_healthy_times_out_and_is_stopped(tmp_path: Path, record: Path) -> None:

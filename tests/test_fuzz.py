@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import socket
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from model_starter.config import Config, ConfigError, parse_config, schema
-from tests.stack import Stack, fake_model, free_port, kill_recorded, starts
+from model_starter.nginx import render
+from tests.stack import NGINX, Stack, fake_model, free_port, kill_recorded, nginx_conf, starts
 
 METHODS = ["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"]
 MODEL_KEYS = sorted(schema.MODEL_KEYS)  # every key the schema declares
@@ -104,6 +107,8 @@ paths = st.lists(path_parts | st.text(max_size=30), min_size=1, max_size=6).map(
                                "X-Model-Starter-Model: m\r\n",
                                "X-Model-Starter-Upstream-Sent: 12, x\r\n",
                                "X-Model-Starter-Mode: weird\r\n",
+                               "X-Model-Starter-Client: fuzz\r\n",
+                               "X-Model-Starter-Client: fuzz\r\nOrigin: http://evil.example\r\n",
                                "X-Big: " + "a" * 20000 + "\r\n"]),
        via_nginx=st.booleans())
 def test_routes_never_500(daemon: tuple[Stack, Path], method: str, path: str, header: str,
@@ -113,7 +118,7 @@ def test_routes_never_500(daemon: tuple[Stack, Path], method: str, path: str, he
     port = s.nginx_port if via_nginx else s.daemon_port
     # CR/LF would end the request line: that is framing, not a path any client can send.
     target = path.replace("\r", "").replace("\n", "").encode("utf-8", "surrogatepass")
-    data = (method.encode() + b" " + target + b" HTTP/1.1\r\nHost: fuzz\r\n" + header.encode()
+    data = (method.encode() + b" " + target + b" HTTP/1.1\r\nHost: localhost\r\n" + header.encode()
             + b"Content-Length: 0\r\nConnection: close\r\n\r\n")
     status, body = raw_request(port, data)
     assert status != 500 and status < 600, (status, body[:300])
@@ -123,3 +128,145 @@ def test_routes_never_500(daemon: tuple[Stack, Path], method: str, path: str, he
     started_ports = {r["port"] for r in starts(record)}
     assert started_ports <= {s.models["m"]["port"]}
     assert {m["name"] for m in s.direct("GET", "/_ms/status").json()["models"]} == {"m"}
+
+
+# -- every config value that reaches nginx text ------------------------------------------------
+
+FEED_KEY = "0123456789abcdef0123456789abcdef"
+HOSTILE = ["x break; return 200 pwned; #", "foo\n", "a b", "a;b", "a{b", "a}b", "$host",
+           "'q'", '"q"', "a#b", "x\nreturn 200 y;", "\\", "localhost\n", "-a", "a..b", ""]
+nginx_chars = st.text("abz09.:-_[] ;{}#$'\"\n\\", min_size=1, max_size=16)
+hostile = st.sampled_from(HOSTILE) | nginx_chars
+VALID = {
+    "name": st.sampled_from(["m", "a.b", "Z-9_x", "v1"]),
+    "host": st.sampled_from(["127.0.0.1", "::1", "localhost", "10.0.0.7", "example.com"]),
+    "listen": st.sampled_from(["127.0.0.1:8000", "8000", "[::1]:8000 default_server",
+                               "*:8000", "8000 reuseport backlog=511", "localhost:8000"]),
+    "size": st.sampled_from(["1m", "100", "2g", "64K"]),
+}
+sources = st.sampled_from(["c.yaml", "a\nlocation / { return 200 x; }\n#.yaml", "é☃.yaml"])
+FIELDS = ["model", "alias", "host", "v2_name", "model_size", "listen", "nginx.listen", "nginx.size",
+          "inference.host", "$INFERENCE_SERVER_HOST"]
+
+
+@st.composite
+def nginx_configs(draw: st.DrawFn) -> tuple[dict[str, Any], dict[str, str], str]:
+    """A config in which one value that reaches nginx text (or none) is hostile, the
+    environment (`$INFERENCE_SERVER_HOST`) and the source name."""
+    poison = draw(st.sampled_from([None, *FIELDS]))
+
+    def value(field: str, kind: str) -> Any:
+        return draw(hostile if field == poison and draw(st.booleans()) else
+                    hostile | VALID[kind] if field == poison else VALID[kind])
+
+    models: dict[str, Any] = {}
+    for i in range(draw(st.integers(1, 3))):
+        v2 = draw(st.booleans())
+        spec: dict[str, Any] = ({"launcher": "v2"} if v2 else
+                                {"command": ["x"], "port": 9001 + i, "host": value("host", "host")})
+        if v2 and (poison == "v2_name" or draw(st.booleans())):
+            spec["v2_name"] = value("v2_name", "name") + str(i)
+        if draw(st.booleans()):
+            spec["client_max_body_size"] = value("model_size", "size")
+        if poison == "alias" or draw(st.booleans()):
+            spec["aliases"] = [value("alias", "name") + f"-alias{i}"]
+        spec["mode"] = draw(st.sampled_from(["error_page", "auth_request"]))
+        models[value("model", "name") + str(i)] = spec
+    listen = (value("listen", "listen").split() or ["-"])[0]
+    doc: dict[str, Any] = {"models": models, "listen": listen if ":" in listen else f"h:{listen}",
+                           "state_dir": "/nonexistent-never-used",
+                           "nginx": {"listen": value("nginx.listen", "listen"),
+                                     "client_max_body_size": value("nginx.size", "size")}}
+    if doc["listen"].startswith("*"):
+        doc["listen"] = "127.0.0.1:8080"
+    env: dict[str, str] = {}
+    if draw(st.booleans()):
+        doc["inference_server"] = {"host": value("inference.host", "host")}
+    else:
+        env["INFERENCE_SERVER_HOST"] = value("$INFERENCE_SERVER_HOST", "host")
+    return doc, env, draw(sources)
+
+
+def _statements(text: str) -> list[str]:
+    """nginx's tokens, reduced to the structure: each directive's name, `{` and `}` (an
+    entry of a `map` block, whose first word is data, counts as `<entry>`)."""
+    out: list[str] = []
+    blocks: list[str] = []
+    start = True
+    for m in re.finditer(r"#[^\n]*|'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"|[{};]|[^\s{};'\"#]+",
+                         text):
+        token = m.group()
+        if token.startswith("#"):
+            continue
+        if token in "{};":
+            if token == "{":
+                blocks.append(out[-1] if out else "")
+            elif token == "}":
+                blocks.pop()
+            if token != ";":
+                out.append(token)
+            start = True
+        elif start:
+            out.append("<entry>" if blocks and blocks[-1] == "map" else token)
+            start = False
+    return out
+
+
+def _benign(doc: dict[str, Any]) -> dict[str, Any]:
+    """The same config with every nginx-reaching value replaced by a plain one."""
+    models = {}
+    for i, (name, spec) in enumerate(doc["models"].items()):
+        plain = {k: v for k, v in spec.items() if k not in ("host", "v2_name", "aliases")}
+        if "aliases" in spec:
+            plain["aliases"] = [f"a{i}"]
+        if "client_max_body_size" in plain:
+            plain["client_max_body_size"] = "1m"
+        if "v2_name" in spec:  # (the same as the name: fewer routes)
+            plain["v2_name"] = f"m{i}" if spec["v2_name"] == name else f"v{i}"
+        models[f"m{i}"] = plain
+    nginx = {**doc["nginx"], "listen": "8000"}
+    if "client_max_body_size" in nginx:
+        nginx["client_max_body_size"] = "1m"
+    return {**doc, "models": models, "listen": "127.0.0.1:8080", "nginx": nginx,
+            "inference_server": {"host": "127.0.0.1"}}
+
+
+def _resolvable(config: Config) -> bool:
+    """nginx -t resolves host names; only IP addresses and localhost are sure to resolve."""
+    listen = config.nginx.listen.split()[0].rpartition(":")[0].strip("[]")
+    hosts = [config.inference.host, config.listen_host, listen,
+             *(m.host for m in config.models.values())]
+    return all(h in ("", "*", "localhost") or re.fullmatch(r"[0-9.]+|[0-9a-f:]*:[0-9a-f:]*", h)
+               for h in hosts)
+
+
+@settings(max_examples=150, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(case=nginx_configs())
+def test_generated_nginx_text_has_only_the_generators_directives(
+    case: tuple[dict[str, Any], dict[str, str], str], tmp_path: Path,
+) -> None:
+    """Whatever the values: a ConfigError with file:line, or a config whose include has
+    exactly the directives of the same config with plain values, and passes `nginx -t`."""
+    doc, env, source = case
+    try:
+        config = parse_config(yaml.safe_dump(doc, sort_keys=False), source, environ=env)
+    except ConfigError as exc:
+        assert exc.problems and all(p.startswith(f"{source}:") or p.startswith("$")
+                                    for p in exc.problems), exc.problems
+        event("refused")
+        return
+    text = render(config, FEED_KEY)
+    plain = yaml.safe_dump(_benign(doc), sort_keys=False)
+    baseline = render(parse_config(plain, "c.yaml", environ={}), FEED_KEY)
+    assert _statements(text) == _statements(baseline)
+    if not _resolvable(config):
+        event("accepted; names not resolvable, no nginx -t")
+        return
+    event("accepted; nginx -t")
+    (tmp_path / "ms.conf").write_text(text)
+    conf = tmp_path / "nginx.conf"
+    conf.write_text(nginx_conf(tmp_path, f"include {tmp_path / 'ms.conf'};"))
+    result = subprocess.run([NGINX, "-t", "-p", str(tmp_path), "-c", str(conf)],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, (result.stderr, text)

@@ -25,6 +25,7 @@ from model_starter.nginx_openai import router_js
 from tests.stack import NGINX, nginx_conf
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
+GOLDEN_FEED_KEY = "0123456789abcdef0123456789abcdef"  # the activity feed's secret
 UPDATE = os.environ.get("MODEL_STARTER_UPDATE_GOLDEN") == "1"
 # The include names the installed njs router by its absolute path: machine-specific.
 ROUTER_MARK = "{ROUTER_JS}"
@@ -38,7 +39,7 @@ def _config() -> Config:
 @pytest.mark.parametrize("style", STYLES)
 def test_rendered_include_matches_golden(style: str) -> None:
     rendered = {name: text.replace(str(router_js()), ROUTER_MARK)
-                for name, text in render_files(_config(), style)}
+                for name, text in render_files(_config(), style, feed_key=GOLDEN_FEED_KEY)}
     folder = GOLDEN / style
     if UPDATE:
         folder.mkdir(exist_ok=True)

@@ -215,7 +215,7 @@ def test_help_lists_commands() -> None:
 
 def test_admin_answers_loopback_clients_only() -> None:
     """Without a token the admin API accepts loopback peers only (e.g. in a container)."""
-    from model_starter.admin import _loopback
+    from model_starter.wire import loopback as _loopback
 
     assert _loopback("127.0.0.1") and _loopback("127.8.9.10") and _loopback("::1")
     assert _loopback("::ffff:127.0.0.1")

@@ -1,27 +1,35 @@
 """The admin API under a prefix no model name can take: status, start, stop, reload, an SSE
 event stream and Prometheus metrics. A Sanic blueprint whose handlers read ``request.app.ctx``
-behind ONE guard (:func:`guard`, the blueprint's request middleware): loopback only, proxied
-calls (nginx sets our headers) are refused with 404, and an optional bearer token guards
-everything.
+behind ONE guard (:func:`guard`, the blueprint's request middleware): proxied calls (nginx
+sets our headers) are refused with 404; without a token, loopback peers with a loopback (or
+configured) `Host` only, with it the bearer token; a call that changes state must be meant
+(``wire``: no foreign `Origin`, our client header or a JSON body).
 """
 
 from __future__ import annotations
 
 import asyncio
 import hmac
-import ipaddress
 import json
 
 from sanic import Blueprint, HTTPResponse, Request
 from sanic import json as json_response
 
 from model_starter.dashboard import install_dashboard, public_asset
-from model_starter.events import Shutdown, Status, StopReason
+from model_starter.events import Shutdown, Status, StopReason, TooManySubscribers
 from model_starter.launchers import StartError
 from model_starter.logs_api import install_logs
 from model_starter.metrics import CONTENT_TYPE
-from model_starter.protocol import ADMIN_PREFIX, ERROR_UNKNOWN_MODEL, PROXIED_HEADERS
+from model_starter.protocol import ADMIN_PREFIX, ERROR_UNKNOWN_MODEL
 from model_starter.responses import error_response, start_error_response
+from model_starter.wire import (
+    SAFE_METHODS,
+    came_through_nginx,
+    check_host,
+    check_intent,
+    check_origin,
+    loopback,
+)
 
 __all__ = ["admin", "guard"]
 
@@ -33,20 +41,27 @@ admin = Blueprint("admin", url_prefix=ADMIN_PREFIX)
 @admin.on_request
 async def guard(request: Request) -> HTTPResponse | None:
     """The one guard of every admin route: None lets the request through."""
-    if any(h in request.headers for h in PROXIED_HEADERS):
+    if came_through_nginx(request):
         return error_response(404, "not_found", "not found")
-    token = request.app.ctx.pool.config.admin_token
-    if not token and not _loopback(request.ip):
-        # Listening beyond loopback (a container) exposes nothing without a token.
-        return error_response(403, "forbidden", "the admin API answers loopback clients "
-                              "only, unless admin_token is set")
-    if token:
+    config = request.app.ctx.pool.config
+    token = config.admin_token
+    if not token:
+        if not loopback(request.ip):
+            # Listening beyond loopback (a container) exposes nothing without a token.
+            return error_response(403, "forbidden", "the admin API answers loopback clients "
+                                  "only, unless admin_token is set")
+        refusal = check_host(request, config)  # a DNS-rebinding page has its own name
+        if refusal is not None:
+            return refusal
+    else:
         given = request.headers.get("Authorization", "")
         if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
             if public_asset(request.path):  # the page's files hold no data; it asks for it
                 return None
             return error_response(401, "unauthorized", "a valid bearer token is required",
                                   headers={"WWW-Authenticate": "Bearer"})
+    if request.method not in SAFE_METHODS:
+        return check_origin(request, config) or check_intent(request)
     return None
 
 
@@ -77,7 +92,7 @@ async def control(request: Request, name: str, action: str) -> HTTPResponse:
     try:
         await sup.ensure_ready(replay=False)
     except StartError as exc:
-        return start_error_response(exc, name)
+        return start_error_response(exc, name, admin=True)
     return json_response(sup.snapshot())
 
 
@@ -95,11 +110,16 @@ async def prometheus(request: Request) -> HTTPResponse:
 @admin.get("/events")
 async def events(request: Request) -> HTTPResponse | None:
     pool, hub = request.app.ctx.pool, request.app.ctx.hub
-    response = await request.respond(
-        content_type="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-    )
-    with hub.subscribe() as queue:
+    try:
+        subscription = hub.subscribe(pool.config.max_event_streams)
+    except TooManySubscribers as exc:
+        return error_response(429, "too_many_streams", f"{exc} (max_event_streams)",
+                              retry_after=int(KEEPALIVE_SECONDS))
+    with subscription as queue:
+        response = await request.respond(
+            content_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
         for sup in pool.models.values():  # where everything stands, then what changes
             snapshot = Status(model=sup.spec.name, state=sup.state)
             await response.send(f"event: {snapshot.kind}\ndata: {json.dumps(snapshot.as_json())}\n\n")
@@ -114,13 +134,6 @@ async def events(request: Request) -> HTTPResponse | None:
             await response.send(f"event: {event.kind}\ndata: {json.dumps(event.as_json())}\n\n")
     await response.eof()
     return None
-
-
-def _loopback(ip: str) -> bool:
-    try:
-        return ipaddress.ip_address(ip.removeprefix("::ffff:")).is_loopback
-    except ValueError:
-        return ip == ""  # a unix socket has no peer address
 
 
 install_logs(admin)  # behind the same guard: the model logs and the dashboard

@@ -16,7 +16,7 @@ from model_starter.config import Config
 from model_starter.daemon import Daemon
 from model_starter.events import Event, Reloaded
 from model_starter.openai_errors import install_openai_errors
-from model_starter.protocol import HOLD_MARGIN_SECONDS
+from model_starter.protocol import HOLD_MARGIN_SECONDS, MAX_REQUEST_BYTES
 from model_starter.routes import METHODS, model_route, on_error
 
 __all__ = ["create_app"]
@@ -32,6 +32,8 @@ def create_app(
     # A held request may wait for a whole start (and an eviction); nothing may cut it first.
     app.config.RESPONSE_TIMEOUT = config.max_hold_timeout + HOLD_MARGIN_SECONDS
     app.config.REQUEST_TIMEOUT = 60
+    # nginx never sends the daemon a body; admin calls carry a small JSON one at most.
+    app.config.REQUEST_MAX_SIZE = MAX_REQUEST_BYTES
     app.config.KEEP_ALIVE_TIMEOUT = 75
     app.config.GRACEFUL_SHUTDOWN_TIMEOUT = 5
     app.config.FALLBACK_ERROR_FORMAT = "json"

@@ -14,7 +14,7 @@ from typing import Any
 
 from model_starter.cli_logs import add_logs_arguments, logs_command
 from model_starter.config import Config, ConfigError, capacity_warnings, load_config
-from model_starter.protocol import admin_path
+from model_starter.protocol import CLIENT_HEADER, admin_path
 
 __all__ = ["main"]
 
@@ -163,7 +163,7 @@ def _connect_host(host: str) -> str:
 
 
 def _call(method: str, url: str, token: str | None) -> tuple[int | None, Any]:
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    headers = {CLIENT_HEADER: "cli", **({"Authorization": f"Bearer {token}"} if token else {})}
     req = urllib.request.Request(url, method=method, headers=headers)  # noqa: S310 - our daemon
     try:
         with urllib.request.urlopen(req, timeout=3600) as resp:  # noqa: S310

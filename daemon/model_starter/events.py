@@ -36,6 +36,7 @@ __all__ = [
     "Status",
     "StopReason",
     "Stopped",
+    "TooManySubscribers",
     "check_transition",
 ]
 
@@ -245,11 +246,16 @@ Event = (StateChanged | Started | StartFailed | Stopped | Adopted | Status | Rel
 Listener = Callable[[Event], None]
 
 
+class TooManySubscribers(Exception):
+    """`EventHub.subscribe` found as many subscribers as allowed."""
+
+
 class EventHub:
-    """Fan-out of events to any number of SSE subscribers."""
+    """Fan-out of events to SSE subscribers, as many as the caller allows."""
 
     def __init__(self) -> None:
         self._subscribers: set[asyncio.Queue[Event]] = set()
+        self._bounded = 0  # how many of them were made with a limit
 
     def publish(self, event: Event) -> None:
         for queue in self._subscribers:
@@ -258,11 +264,23 @@ class EventHub:
                     queue.get_nowait()
             queue.put_nowait(event)
 
+    def subscribe(
+        self, limit: int | None = None
+    ) -> contextlib.AbstractContextManager[asyncio.Queue[Event]]:
+        """A queue of the events from now on. With `limit`, one of the bounded subscriptions
+        (the admin API's event streams): TooManySubscribers, at once, when `limit` of them
+        are open. None: the caller bounds its own (log follows)."""
+        if limit is not None and self._bounded >= limit:
+            raise TooManySubscribers(f"{limit} event streams are open already")
+        return self._subscription(bounded=limit is not None)
+
     @contextlib.contextmanager
-    def subscribe(self) -> Iterator[asyncio.Queue[Event]]:
+    def _subscription(self, bounded: bool) -> Iterator[asyncio.Queue[Event]]:
         queue: asyncio.Queue[Event] = asyncio.Queue(QUEUE_SIZE)
         self._subscribers.add(queue)
+        self._bounded += bounded
         try:
             yield queue
         finally:
             self._subscribers.discard(queue)
+            self._bounded -= bounded

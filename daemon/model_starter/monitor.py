@@ -113,13 +113,14 @@ class ActivityMonitor:
     def listening(self) -> bool:
         return self._udp is not None
 
-    async def listen(self, host: str, port: int) -> None:
+    async def listen(self, host: str, port: int, key: str) -> None:
         """nginx logs each finished V2 request here (syslog over UDP, on the daemon's own
-        address): a shared server port cannot tell which model a connection is for."""
+        address): a shared server port cannot tell which model a connection is for. Only
+        lines that carry `key` (see ``feedkey``) count."""
         loop = asyncio.get_running_loop()
         try:
             self._udp, _ = await loop.create_datagram_endpoint(
-                lambda: _ActivityFeed(self.request_finished), local_addr=(host, port))
+                lambda: _ActivityFeed(self.request_finished, key), local_addr=(host, port))
         except OSError as exc:
             log.error("cannot receive nginx activity log on udp %s:%s: %s", host, port, exc)
 
@@ -135,12 +136,13 @@ class ActivityMonitor:
 
 
 class _ActivityFeed(asyncio.DatagramProtocol):
-    """Syslog lines from nginx: ``<190>... model_starter: /v2/models/NAME/infer``."""
+    """Syslog lines from nginx: ``<190>... model_starter: KEY /v2/models/NAME/infer``."""
 
-    def __init__(self, finished: Callable[[str], None]) -> None:
+    def __init__(self, finished: Callable[[str], None], key: str) -> None:
         self._finished = finished
+        self._key = key
 
     def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
-        name = parse_activity_datagram(data)
+        name = parse_activity_datagram(data, self._key)
         if name is not None:
             self._finished(name)

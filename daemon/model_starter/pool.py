@@ -22,6 +22,7 @@ import aiohttp
 from model_starter.admission import Admission
 from model_starter.config import CommandSpec, Config, ModelSpec, ProcessSpec, V2Spec
 from model_starter.events import Event, Listener, Reloaded, State
+from model_starter.feedkey import FeedKeyError, activity_key
 from model_starter.health import HealthChecker
 from model_starter.inference import NAME as INFERENCE_NAME
 from model_starter.inference import InferenceServerProcess
@@ -100,12 +101,21 @@ class ModelPool:
             self._add(spec)
         await asyncio.gather(*(sup.adopt() for sup in self.models.values()))
         if self.shared_models():
-            await self.monitor.listen(self.config.listen_host, self.config.listen_port)
+            await self._listen_feed(self.config)
         self._spawn(self.monitor.housekeep())
         self._spawn(self.monitor.watch())
         for sup in self.models.values():
             if sup.spec.preload and sup.state is not State.READY:
                 self._spawn(_preload(sup))
+
+    async def _listen_feed(self, config: Config) -> None:
+        """Receive nginx's activity feed, with this state dir's key (see ``feedkey``)."""
+        try:
+            key = activity_key(config)
+        except FeedKeyError as exc:
+            log.error("cannot receive nginx activity log: %s", exc)
+            return
+        await self.monitor.listen(config.listen_host, config.listen_port, key)
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         self._tasks = [t for t in self._tasks if not t.done()]
@@ -156,7 +166,7 @@ class ModelPool:
         self.held_total.limit = new.max_held
         summary = self._reloader.apply(new.models, new.release_grace)
         if self.shared_models() and not self.monitor.listening:
-            await self.monitor.listen(new.listen_host, new.listen_port)
+            await self._listen_feed(new)
         self._emit(Reloaded(added=tuple(summary["added"]), removed=tuple(summary["removed"]),
                             changed=tuple(summary["changed"]),
                             unchanged=tuple(summary["unchanged"])))

@@ -8,30 +8,36 @@ paths. Change a name here and every side changes with it.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import ipaddress
 import re
 from typing import Final, Literal
 
 __all__ = [
-    "ACTIVITY_LOG_FORMAT",
     "ACTIVITY_LOG_TAG",
     "ADMIN_PREFIX",
     "ANSWER_HEADER",
     "ANSWER_NOT_REPLAYED",
     "ANSWER_READY",
+    "CLIENT_HEADER",
     "DAEMON_DOWN_RETRY_AFTER",
+    "DAEMON_HEADERS",
     "ERROR_MODEL_UNAVAILABLE",
     "ERROR_NOT_REPLAYED",
     "ERROR_STARTER_UNAVAILABLE",
     "ERROR_UNKNOWN_MODEL",
+    "FEED_KEY_RE",
     "HOLD_MARGIN_SECONDS",
+    "MAX_REQUEST_BYTES",
     "MODEL_HEADER",
     "MODE_AUTH",
     "MODE_HEADER",
     "MODE_RETRY",
     "OPENAI_PREFIX",
     "PROXIED_HEADERS",
+    "REQUEST_ID_HEADER",
     "SENT_HEADER",
+    "STARTER_UPSTREAM",
     "STATUS_HEADER",
     "STATUS_NOT_REPLAYED",
     "STATUS_READY",
@@ -46,6 +52,7 @@ __all__ = [
     "AdminPath",
     "Answer",
     "Mode",
+    "activity_log_format",
     "admin_path",
     "first_upstream_status",
     "is_openai_path",
@@ -65,6 +72,13 @@ VIA_HEADER: Final = "X-Model-Starter-Via"  # set on the catch-all location: prox
 VIA_NGINX: Final = "nginx"  # its value (the daemon only tests that it is present)
 # A request carrying either came through nginx: the admin API refuses it.
 PROXIED_HEADERS: Final = (VIA_HEADER, MODEL_HEADER)
+# Sent by a direct caller (the CLI, a script) of the admin API or the start path: a header no
+# web page can send cross-origin without a CORS preflight, which the daemon never grants.
+CLIENT_HEADER: Final = "X-Model-Starter-Client"
+# Every request header of the protocol. Each generated location that talks to the daemon
+# sets or clears every one of them, so a client's own copies never reach the daemon.
+DAEMON_HEADERS: Final = (MODEL_HEADER, MODE_HEADER, SENT_HEADER, STATUS_HEADER, VIA_HEADER,
+                         CLIENT_HEADER)
 
 Mode = Literal["retry", "auth"]
 """``retry``: the error_page start path (504 = ready, replay); ``auth``: auth_request (204)."""
@@ -74,6 +88,9 @@ MODE_AUTH: Final[Mode] = "auth"
 # -- response header the daemon sets; the generated config tests it -------------------------
 
 ANSWER_HEADER: Final = "X-Model-Starter"
+# The id of a failed start, in the JSON answer and this header: the details (the model's log
+# tail) are in the daemon's log under it, and in the admin API; never sent to a client.
+REQUEST_ID_HEADER: Final = "X-Model-Starter-Request-Id"
 Answer = Literal["ready", "not_replayed"]
 ANSWER_READY: Final[Answer] = "ready"
 ANSWER_NOT_REPLAYED: Final[Answer] = "not_replayed"
@@ -90,6 +107,8 @@ STATUS_UNAVAILABLE: Final = 503  # start failed or timed out, or the daemon shut
 V2_NOT_LOADED_STATUSES: Final = (400, 404)
 # The daemon may hold a request for a whole start; nginx waits this much longer for it.
 HOLD_MARGIN_SECONDS: Final = 30
+# The largest request the daemon reads (nginx sends it no body; admin calls a small one).
+MAX_REQUEST_BYTES: Final = 64 * 1024
 # What a client is told to wait when the daemon is not reachable.
 DAEMON_DOWN_RETRY_AFTER: Final = 5
 
@@ -102,9 +121,15 @@ ERROR_MODEL_UNAVAILABLE: Final = "model_unavailable"  # nginx's own: the replay 
 
 # -- the activity feed: nginx logs each finished V2 request to the daemon over syslog/UDP ---
 
+# Anyone on the host can send a UDP datagram: each line starts with a secret the daemon
+# checks (kept in the state dir, see ``feedkey``), so only nginx can report activity.
 ACTIVITY_LOG_TAG: Final = "model_starter"
-ACTIVITY_LOG_FORMAT: Final = "$uri"
 _V2_PATH: Final = "/v2/models/"
+FEED_KEY_RE: Final = re.compile(r"[0-9a-f]{32}")
+
+# -- the daemon as nginx names it: its upstream, hence the Host of what nginx sends it -------
+
+STARTER_UPSTREAM: Final = "ms_starter"
 
 # -- the single endpoints: OpenAI (routed by the body's `model`) and KServe V2 (by path) ------
 
@@ -150,13 +175,24 @@ def first_upstream_status(upstream_status: str | None) -> int | None:
     return None if first is None else int(first.group())
 
 
-def parse_activity_datagram(data: bytes) -> str | None:
-    """The V2 model name in a syslog line ``<190>... model_starter: /v2/models/NAME/infer``."""
+def activity_log_format(key: str) -> str:
+    """nginx's log_format of the feed: the secret, then the URI."""
+    if not FEED_KEY_RE.fullmatch(key):
+        raise ValueError("the activity feed key must be 32 lowercase hex digits")
+    return f"{key} $uri"
+
+
+def parse_activity_datagram(data: bytes, key: str) -> str | None:
+    """The V2 model name in a syslog line ``<190>... model_starter: KEY /v2/models/NAME/infer``;
+    None unless the line carries `key`."""
     text = data.decode("utf-8", "replace")
-    marker = text.find(_V2_PATH)
+    marker = text.find(" " + _V2_PATH)
     if marker < 0:
         return None
-    words = text[marker + len(_V2_PATH):].split("/", 1)[0].split()
+    given = text[:marker].rsplit(" ", 1)[-1]
+    if not hmac.compare_digest(given.encode(), key.encode()):
+        return None
+    words = text[marker + 1 + len(_V2_PATH):].split("/", 1)[0].split()
     return words[0] if words else None
 
 

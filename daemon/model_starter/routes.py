@@ -37,6 +37,7 @@ from model_starter.protocol import (
     MODE_HEADER,
     MODE_RETRY,
     MODEL_HEADER,
+    REQUEST_ID_HEADER,
     SENT_HEADER,
     STATUS_HEADER,
     STATUS_NOT_REPLAYED,
@@ -47,8 +48,14 @@ from model_starter.protocol import (
     first_upstream_status,
     request_reached_model,
 )
-from model_starter.responses import error_response, start_error_response
+from model_starter.responses import (
+    error_response,
+    log_failure,
+    new_request_id,
+    start_error_response,
+)
 from model_starter.supervisor import ModelSupervisor
+from model_starter.wire import came_through_nginx, check_host, check_intent, check_origin
 
 __all__ = ["METHODS", "model_route", "on_error"]
 
@@ -64,7 +71,20 @@ def replay_safe(sup: ModelSupervisor, upstream_status: str | None) -> bool:
     return sup.launcher.replay_safe(first_upstream_status(upstream_status))
 
 
+def refuse_web_pages(request: Request) -> HTTPResponse | None:
+    """The start path answers nginx (its upstream Host) and direct callers on loopback; a
+    direct call (no header of nginx's) must be meant, as an admin call (see ``wire``)."""
+    config = request.app.ctx.pool.config
+    refusal = check_host(request, config)
+    if refusal is None and not came_through_nginx(request):
+        refusal = check_origin(request, config) or check_intent(request)
+    return refusal
+
+
 async def model_route(request: Request, model: str, rest: str = "") -> HTTPResponse:
+    refusal = refuse_web_pages(request)
+    if refusal is not None:
+        return refusal
     ctx = request.app.ctx
     if not peer_allowed(ctx.pool.config, request.ip):
         return error_response(403, "forbidden", "this node's start route answers the peers "
@@ -78,14 +98,15 @@ async def model_route(request: Request, model: str, rest: str = "") -> HTTPRespo
     reached = (request_reached_model(request.headers.get(SENT_HEADER))
                and not replay_safe(sup, request.headers.get(STATUS_HEADER)))
     if reached and request.method in NOT_REPLAYABLE:
-        log.warning("model=%s %s reached the model and failed; not replayed",
-                    name, request.method)
+        rid = new_request_id()
+        log_failure(rid, name, f"{request.method} reached the model, which failed; not replayed",
+                    sup.launcher.tail(20))
         return error_response(
             STATUS_NOT_REPLAYED, ERROR_NOT_REPLAYED,
             f"the {request.method} request reached model '{name}', which failed or closed "
             "the connection before answering; it is not sent again because it may have "
             "taken effect",
-            model=name, log_tail=sup.launcher.tail(20),
+            model=name, request_id=rid, headers={REQUEST_ID_HEADER: rid},
         )
     if reached or mode == MODE_RETRY:
         # nginx failed to get an answer from a model we may think is ready.
@@ -110,7 +131,7 @@ async def on_error(request: Request, exc: Exception) -> HTTPResponse:
     """Every error is a JSON answer, never a bare 500 or a traceback."""
     if isinstance(exc, SanicException):
         status = exc.status_code
-        kind = "not_found" if status == 404 else "bad_request"
+        kind = {404: "not_found", 413: "too_large"}.get(status, "bad_request")
         return error_response(status, kind, str(exc))
     log.exception("unexpected error on %s %s", request.method, request.path)
     return error_response(STATUS_UNAVAILABLE, "internal_error",

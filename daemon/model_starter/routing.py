@@ -13,11 +13,12 @@ import math
 from dataclasses import dataclass
 
 from model_starter.config import Config, ModelSpec
+from model_starter.nginx_syntax import word
+from model_starter.protocol import STARTER_UPSTREAM
 
 __all__ = ["INFERENCE_UPSTREAM", "STARTER_UPSTREAM", "Route", "addr", "daemon_addr",
            "route", "starter_upstreams"]
 
-STARTER_UPSTREAM = "ms_starter"
 INFERENCE_UPSTREAM = "ms_inference"
 LOCAL_CONNECT_TIMEOUT = "5s"  # the daemon and the models on this host (refused, not silent)
 
@@ -37,6 +38,7 @@ class Route:
 
 
 def addr(host: str, port: int) -> str:
+    word(host)  # the generator's own last line of defence (see nginx_syntax.word)
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 

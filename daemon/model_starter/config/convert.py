@@ -8,6 +8,7 @@ so all problems are collected before reporting.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import re
 import signal
 from collections.abc import Callable, Mapping
@@ -18,7 +19,15 @@ import yaml
 from yaml.constructor import SafeConstructor
 
 Node = yaml.Node
-BODY_SIZE_RE = re.compile(r"^[0-9]+[kKmMgG]?$")
+BODY_SIZE_RE = re.compile(r"[0-9]+[kKmMgG]?")
+# Model names (and V2 names): they become nginx locations and URL paths. Always fullmatch:
+# `$` alone would let a trailing newline through.
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
+# The parameters of nginx's `listen` an operator may add after the address.
+# (No `ssl`/`http2`/`quic`: the generated server block has no certificate to go with them.)
+LISTEN_PARAM_RE = re.compile(
+    r"default_server|reuseport|deferred|bind|(?:backlog|rcvbuf|sndbuf)=[0-9]+[kKmM]?")
 
 
 class Ctx:
@@ -263,20 +272,84 @@ def signal_name(ctx: Ctx, node: Node, where: str) -> Any:
 
 def body_size(ctx: Ctx, node: Node, where: str) -> Any:
     v = scalar(node)
-    if isinstance(v, bool) or not BODY_SIZE_RE.match(str(v)):
+    if isinstance(v, bool) or not BODY_SIZE_RE.fullmatch(str(v)):
         ctx.err(node, where, f"expected an nginx size such as 100m, got {show(node)}")
         return BAD
     return str(v)
 
 
+def is_host(value: str) -> bool:
+    """An IP address or an RFC 1123 host name: nothing else reaches nginx as a host."""
+    try:
+        ipaddress.ip_address(value)
+        return True
+    except ValueError:
+        pass
+    labels = value.removesuffix(".").split(".")
+    return len(value) <= 253 and all(_LABEL.fullmatch(label) for label in labels)
+
+
+HOST_RULE = "an IP address or an RFC 1123 host name"
+
+
+def host(ctx: Ctx, node: Node, where: str) -> Any:
+    v = scalar(node)
+    if not isinstance(v, str) or not is_host(v):
+        ctx.err(node, where, f"expected {HOST_RULE}, got {show(node)}")
+        return BAD
+    return v
+
+
+def hosts(ctx: Ctx, node: Node, where: str) -> Any:
+    if not isinstance(node, yaml.SequenceNode):
+        ctx.err(node, where, f"expected a list of host names ({HOST_RULE})")
+        return BAD
+    out = [host(ctx, item, f"{where}[{i}]") for i, item in enumerate(node.value)]
+    return BAD if BAD in out else tuple(out)
+
+
+def name(ctx: Ctx, node: Node, where: str) -> Any:
+    v = scalar(node)
+    if not isinstance(v, str) or not NAME_RE.fullmatch(v):
+        ctx.err(node, where, f"expected a name matching {NAME_RE.pattern}, got {show(node)}")
+        return BAD
+    return v
+
+
+def _split_hostport(v: str) -> tuple[str, int] | None:
+    """`HOST:PORT` or `[V6]:PORT` with a valid host (`*` for every address) and port."""
+    addr, _, num = v.rpartition(":")
+    if not (num.isdigit() and 1 <= int(num) <= 65535):
+        return None
+    bracketed = addr.startswith("[") and addr.endswith("]")
+    host_ = addr[1:-1] if bracketed else addr
+    if bracketed != (":" in host_) or not (host_ == "*" or is_host(host_)):
+        return None
+    return host_, int(num)
+
+
 def hostport(ctx: Ctx, node: Node, where: str) -> Any:
     v = scalar(node)
-    if isinstance(v, str) and ":" in v:
-        host, _, num = v.rpartition(":")
-        if host and num.isdigit() and 1 <= int(num) <= 65535:
-            return (host.strip("[]"), int(num))
-    ctx.err(node, where, f"expected HOST:PORT, got {show(node)}")
-    return BAD
+    parsed = _split_hostport(v) if isinstance(v, str) else None
+    if parsed is None or parsed[0] == "*":
+        ctx.err(node, where, f"expected HOST:PORT ({HOST_RULE}; [V6]:PORT), got {show(node)}")
+        return BAD
+    return parsed
+
+
+def listen(ctx: Ctx, node: Node, where: str) -> Any:
+    """nginx's `listen`: PORT, HOST:PORT or [V6]:PORT, then parameters such as
+    `default_server`; given back with single spaces."""
+    v = scalar(node)
+    words = str(v).split() if isinstance(v, str | int) and not isinstance(v, bool) else []
+    ok = bool(words) and (
+        (words[0].isdigit() and 1 <= int(words[0]) <= 65535) or _split_hostport(words[0])
+    ) and all(LISTEN_PARAM_RE.fullmatch(w) for w in words[1:])
+    if not ok:
+        ctx.err(node, where, "expected PORT, HOST:PORT or [V6]:PORT, then optional "
+                f"parameters ({LISTEN_PARAM_RE.pattern}), got {show(node)}")
+        return BAD
+    return " ".join(words)
 
 
 def boolean(ctx: Ctx, node: Node, where: str) -> Any:
@@ -303,22 +376,13 @@ def as_is(ctx: Ctx, node: Node, where: str) -> Any:
     return node
 
 
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-
-
 def names(ctx: Ctx, node: Node, where: str) -> Any:
     """A list of model names (aliases): each follows the model name rule."""
     if not isinstance(node, yaml.SequenceNode):
         ctx.err(node, where, "expected a list of names")
         return BAD
-    out = []
-    for i, item in enumerate(node.value):
-        v = scalar(item)
-        if not isinstance(v, str) or not NAME_RE.match(v):
-            ctx.err(item, f"{where}[{i}]", f"aliases must match {NAME_RE.pattern}, got {show(item)}")
-            return BAD
-        out.append(v)
-    return tuple(out)
+    out = [name(ctx, item, f"{where}[{i}]") for i, item in enumerate(node.value)]
+    return BAD if BAD in out else tuple(out)
 
 
 def switch(choices: tuple[str, ...]) -> Conv:

@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from model_starter.config.convert import Ctx, Node, mapping, scalar, section
+from model_starter.config.convert import HOST_RULE, Ctx, Node, is_host, mapping, scalar, section
 from model_starter.config.nodes import NodeSpec
 from model_starter.config.schema import (
     MODEL_KEYS,
@@ -61,9 +61,10 @@ def _models(
     models: dict[str, ModelSpec] = {}
     taken: dict[tuple[str, int], str] = {}
     where_named: dict[str, Node] = {}
+    v2_names: dict[str, str] = {}  # a V2 server has one model per name
     for name, knode, vnode in items:
         where = f"models.{name}"
-        if not MODEL_NAME_RE.match(name):
+        if not MODEL_NAME_RE.fullmatch(name):
             ctx.err(knode, where, f"model names must match {MODEL_NAME_RE.pattern}")
             continue
         values = section(ctx, vnode, where, MODEL_KEYS)
@@ -100,7 +101,12 @@ def _models(
         elif capacity is not None:
             values["requires"] = {}  # declared capacities: a model holds only what it says
         spec = cls(name=name, **values)
-        if cls is V2Spec:
+        if isinstance(spec, V2Spec):
+            v2 = spec.v2_name or name
+            if v2 in v2_names:
+                ctx.err(knode, where, f"v2_name '{v2}' is already used by model '{v2_names[v2]}'")
+                continue
+            v2_names[v2] = name
             models[name] = spec
             continue
         addr = (_canonical_host(spec.host), spec.port)
@@ -222,7 +228,12 @@ def _canonical_host(host: str) -> str:
 
 def _inference(ctx: Ctx, values: dict[str, Any], env: Mapping[str, str]) -> InferenceServer:
     """`inference_server:`, its host and port else from the environment."""
-    values.setdefault("host", env.get("INFERENCE_SERVER_HOST") or "localhost")
+    if "host" not in values:
+        raw_host = env.get("INFERENCE_SERVER_HOST") or "localhost"
+        if is_host(raw_host):
+            values["host"] = raw_host
+        else:
+            ctx.problems.append(f"$INFERENCE_SERVER_HOST: expected {HOST_RULE}, got {raw_host!r}")
     if "port" not in values:
         raw = env.get("INFERENCE_SERVER_PORT") or "5002"
         if raw.isdigit() and 1 <= int(raw) <= 65535:
@@ -280,6 +291,8 @@ def parse_config(
         resources=dict(ONE_AT_A_TIME) if resources is None else resources,
         release_grace=top.get("release_grace", Config.release_grace),
         max_held=top.get("max_held", Config.max_held),
+        max_event_streams=top.get("max_event_streams", Config.max_event_streams),
+        allowed_hosts=top.get("allowed_hosts", Config.allowed_hosts),
         admin_token=top.get("admin_token") or env.get("MODEL_STARTER_TOKEN") or None,
         nodes=nodes,
         source=source,

@@ -30,7 +30,7 @@ LAUNCHERS: tuple[LauncherKind, ...] = get_args(LauncherKind)
 OPENAI: tuple[OpenAISwitch, ...] = get_args(OpenAISwitch)
 MODES: tuple[Mode, ...] = get_args(Mode)
 
-MODEL_NAME_RE = c.NAME_RE
+MODEL_NAME_RE = c.NAME_RE  # always `fullmatch`
 
 # With no `resources:` declared, every model holds the one slot: one model at a time.
 ONE_AT_A_TIME = {"models": 1.0}
@@ -68,7 +68,7 @@ class ModelSpec:
     port: int = key(c.port, "the model's port; unique per host", 0,
                     shown="required (v2: the inference server's)",
                     required_for=("process", "command"))
-    host: str = key(c.string, "where the model listens", "127.0.0.1",
+    host: str = key(c.host, "where the model listens (an IP address or a host name)", "127.0.0.1",
                     shown="`127.0.0.1` (v2: the inference server's)")
     health: str = key(
         c.health, "path answering 2xx when ready (llama.cpp answers 503 while loading: keep "
@@ -160,7 +160,8 @@ class V2Spec(ModelSpec):
     """A model loaded into the shared KServe V2 inference server (`inference_server`)."""
 
     launcher: ClassVar[LauncherKind] = "v2"
-    v2_name: str | None = key(c.string, "its name inside the V2 server", None,
+    v2_name: str | None = key(c.name, "its name inside the V2 server (the model name rule; "
+                              "unique)", None,
                               shown="the model's name")
 
 
@@ -173,7 +174,8 @@ LAUNCHER_KEY = Key(c.one_of(LAUNCHERS), ", ".join(f"`{k}`" for k in LAUNCHERS)
 
 @dataclass(frozen=True)
 class NginxSettings:
-    listen: str = key(c.string, "`listen` of the generated `server {}`", "127.0.0.1:8000")
+    listen: str = key(c.listen, "`listen` of the generated `server {}`: `PORT`, `HOST:PORT` or "
+                      "`[V6]:PORT`, then parameters such as `default_server`", "127.0.0.1:8000")
     proxy_timeout: float = key(c.seconds(1, 86400 * 7),
                                "read/send timeout towards models (long generations)", 3600.0)
     client_max_body_size: str = key(c.body_size, "default request body limit per model", "100m")
@@ -196,7 +198,7 @@ class NginxSettings:
 class InferenceServer:
     """The multi-model (KServe V2) server that `launcher: v2` models live in."""
 
-    host: str = key(c.string, "the multi-model (KServe V2) inference server", "localhost",
+    host: str = key(c.host, "the multi-model (KServe V2) inference server", "localhost",
                     shown="`$INFERENCE_SERVER_HOST`, else `localhost`")
     port: int = key(c.port, "its port", 5002, shown="`$INFERENCE_SERVER_PORT`, else `5002`")
     command: tuple[str, ...] | None = key(c.argv, "start the server when it is down", None)
@@ -233,6 +235,13 @@ class Config:
         c.seconds(0, 600), "at most this long a model counts as busy after held requests were "
         "released, until their replays are seen at its port (never cut by an idle stop or an "
         "eviction); the bound when they never show", 3.0)
+    max_event_streams: int = key(
+        c.integer(1, 10**5), "open event streams (`/_ms/events`) at most; one more gets 429",
+        32)
+    allowed_hosts: tuple[str, ...] = key(
+        c.hosts, "`Host` names the admin API and the start path answer besides loopback "
+        "addresses, `localhost` and the `listen` host (the names a client uses for the "
+        "daemon; a DNS-rebinding page's name is refused)", ())
     admin_token: str | None = key(c.string, "require this bearer token on the admin API", None,
                                   shown="`$MODEL_STARTER_TOKEN`")
     nodes: Mapping[str, NodeSpec] = key(

@@ -23,7 +23,8 @@ export class HttpError extends Error {
 export class Unreachable extends Error {}
 
 export async function call(path, opts = {}) {
-  const headers = { ...(opts.headers || {}) };
+  // The client header marks a call as meant (the daemon refuses state changes without it).
+  const headers = { "X-Model-Starter-Client": "dashboard", ...(opts.headers || {}) };
   if (token) headers.Authorization = `Bearer ${token}`;
   let resp;
   try {

@@ -151,3 +151,39 @@ async def test_sighup_before_ready_is_carried_out_once_running(
     # While stopping (and after), a SIGHUP is only recorded.
     os.kill(os.getpid(), signal.SIGHUP)
     await _until(lambda: daemon.reload_requested)
+
+
+def test_sighup_between_the_servers_two_runs_is_not_lost(tmp_path: Path, sighup: None) -> None:
+    """Sanic runs its after_server_start listeners in ``run_until_complete``, then calls
+    ``run_forever``; uvloop drops a signal for a loop handler that arrives in between. READY
+    (and the loop's SIGHUP handler) wait until the server is serving, so a SIGHUP sent on
+    READY, or in that gap, is carried out. (An asyncio loop here: uvloop, which Sanic uses
+    and which loses that SIGHUP, leaves its SIGCHLD handling in the test process.)"""
+    record, script = tmp_path / "runs", tmp_path / "record.py"
+    script.write_text(RECORDING_COMMAND)
+    path = tmp_path / "config.yaml"
+    command = [sys.executable, str(script), str(record), "0"]
+    _write_config(path, ["a"], command)
+    daemon = Daemon(load_config(str(path)), str(path))
+    signal.signal(signal.SIGHUP, daemon.record_reload)
+    serving = False
+
+    async def start() -> None:  # what Sanic runs before run_forever
+        await daemon.startup()
+        daemon.started(lambda: serving)
+
+    async def reloaded() -> None:
+        await _until(lambda: "b" in daemon.pool.models)
+
+    loop = asyncio.new_event_loop()
+    try:
+        loop.run_until_complete(start())
+        assert not daemon.running  # no READY from the start-up run
+        _write_config(path, ["a", "b"], command)
+        os.kill(os.getpid(), signal.SIGHUP)  # between the two runs
+        serving = True
+        loop.run_until_complete(reloaded())  # stands for run_forever
+        assert daemon.running
+    finally:
+        loop.run_until_complete(daemon.shutdown())
+        loop.close()

@@ -53,7 +53,7 @@ def create_app(
         await daemon.startup()
 
     async def started(app: Sanic[Any, Any]) -> None:
-        daemon.started()
+        daemon.started(lambda: app.state.is_running)
 
     async def shutdown(app: Sanic[Any, Any]) -> None:
         await daemon.shutdown()

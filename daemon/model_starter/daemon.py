@@ -18,7 +18,7 @@ import contextlib
 import logging
 import os
 import signal
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from model_starter.config import Config
@@ -44,6 +44,7 @@ class Daemon:
         self.pool.listeners += [self.metrics.on_event, self.hub.publish]
         self.reload_requested = False  # a SIGHUP came before the loop could take it
         self.running = False
+        self._serving: Callable[[], bool] = lambda: True
         self._tasks: set[asyncio.Task[Any]] = set()
 
     @property
@@ -66,18 +67,25 @@ class Daemon:
         """Before serving: adopt running models, start the pool's background work."""
         await self.pool.open()
 
-    def started(self) -> None:
+    def started(self, serving: Callable[[], bool] = lambda: True) -> None:
         """The server listens: close inherited fds, then announce once the loop runs.
 
-        Sanic installs its own signal handlers after its listeners, just before the loop
-        runs forever; a SIGHUP caught in between was lost. So SIGHUP moves onto the loop,
-        and READY is said, from the loop's first turn (:meth:`main_loop`)."""
+        Sanic runs this listener inside ``run_until_complete``, then calls ``run_forever``;
+        in between, uvloop does not deliver signals to the loop's handlers: a SIGHUP caught
+        there was lost. So SIGHUP moves onto the loop, and READY is said, only once
+        `serving()` (Sanic sets it between the two runs): from ``run_forever``
+        (:meth:`main_loop`). Until then SIGHUP is recorded."""
         _no_inheritable_fds()
+        self._serving = serving
         asyncio.get_running_loop().call_soon(self.main_loop)
 
     def main_loop(self) -> None:
         """The loop runs: take SIGHUP on it, say READY, carry out a reload asked for early."""
-        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.request_reload)
+        loop = asyncio.get_running_loop()
+        if not self._serving():  # still the start-up run: wait for run_forever
+            loop.call_soon(self.main_loop)
+            return
+        loop.add_signal_handler(signal.SIGHUP, self.request_reload)
         self.running = True
         notify(f"READY=1\nSTATUS=serving {len(self.config.models)} model(s)")
         if self.reload_requested:

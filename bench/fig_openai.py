@@ -15,9 +15,9 @@ from pathlib import Path
 
 from bench.driver import run_alone
 from bench.harness import Row, Settings, figure, fresh_dir, stop_process
-from bench.plain_proxy import HotPathStack
+from bench.plain_proxy import HotPathStack, run_nginx
 from bench.wrk import WrkResult, nginx_workers, run_wrk
-from tests.stack import NGINX, NJS, free_port, pid_alive, port_open, request, wait_for
+from tests.stack import NJS, free_port, pid_alive, port_open, request, wait_for
 
 BUSY_MIN = 0.9  # nginx worker CPU s per wall s for a gated round to count
 SIZES = (("1 KB", 1024, 0.9), ("64 KB", 64 * 1024, None), ("1 MB", 1024 * 1024, None))
@@ -46,15 +46,7 @@ http {{
     }}
 }}
 """)
-    proc = subprocess.Popen([NGINX, "-c", str(conf), "-p", str(d)])
-    try:
-        wait_for(lambda: port_open(port) or proc.poll() is not None, 10, "the sink nginx")
-        if proc.poll() is not None:
-            raise RuntimeError(f"the sink nginx exited with {proc.returncode}")
-    except BaseException:
-        stop_process(proc, signal.SIGQUIT)
-        raise
-    return proc
+    return run_nginx(conf, d, port, "the sink nginx")
 
 
 def _post_script(tmp: Path, size: int) -> tuple[str, bytes]:

@@ -63,11 +63,16 @@ http {{
 def start_backend_nginx(tmp: Path, port: int) -> subprocess.Popen[bytes]:
     """Run the backend nginx of `write_backend_conf` ourselves (the daemon never starts it)."""
     conf = write_backend_conf(tmp, port)
-    proc = subprocess.Popen([NGINX, "-c", str(conf), "-p", str(conf.parent)])
+    return run_nginx(conf, conf.parent, port, "backend nginx")
+
+
+def run_nginx(conf: Path, prefix: Path, port: int, what: str) -> subprocess.Popen[bytes]:
+    """Start an nginx of ours on `conf`; return once it listens on `port`."""
+    proc = subprocess.Popen([NGINX, "-c", str(conf), "-p", str(prefix)])
     try:
-        wait_for(lambda: port_open(port) or proc.poll() is not None, 10, "backend nginx")
+        wait_for(lambda: port_open(port) or proc.poll() is not None, 10, what)
         if proc.poll() is not None:
-            raise RuntimeError(f"backend nginx exited with {proc.returncode}")
+            raise RuntimeError(f"{what} exited with {proc.returncode}")
     except BaseException:
         stop_process(proc, signal.SIGQUIT)
         raise

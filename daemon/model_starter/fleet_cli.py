@@ -12,7 +12,7 @@ from typing import Any
 
 from model_starter.config import Config
 from model_starter.config.nodes import NodeSpec
-from model_starter.protocol import AdminPath, admin_path
+from model_starter.protocol import CLIENT_HEADER, AdminPath, admin_path
 
 __all__ = ["READ_TIMEOUT", "fleet_call", "http_call"]
 
@@ -28,7 +28,7 @@ def http_call(method: str, host: str, port: int, path: str, token: str | None,
         conn.connect()
         if conn.sock is not None:
             conn.sock.settimeout(read_timeout)
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        headers = {CLIENT_HEADER: "cli", **({"Authorization": f"Bearer {token}"} if token else {})}
         conn.request(method, path, headers=headers)
         resp = conn.getresponse()
         raw = resp.read()

@@ -20,8 +20,9 @@ from urllib.parse import urlsplit
 from sanic import HTTPResponse, Request
 
 from model_starter.config import Config
-from model_starter.protocol import CLIENT_HEADER, PROXIED_HEADERS, STARTER_UPSTREAM
+from model_starter.protocol import CLIENT_HEADER, PROXIED_HEADERS
 from model_starter.responses import error_response
+from model_starter.routing import starter_upstreams
 
 __all__ = ["came_through_nginx", "check_host", "check_intent", "check_origin", "host_name",
            "loopback"]
@@ -48,7 +49,10 @@ def host_name(value: str) -> str:
 def _allowed(host: str, config: Config) -> bool:
     if loopback(host) and host != "":
         return True
-    names = {"localhost", STARTER_UPSTREAM, config.listen_host.lower(),
+    # nginx names the daemon by its upstream (`ms_starter`, or `ms_node_NAME` on a fleet's front):
+    # an underscore is no DNS name, so a rebinding page cannot use it.
+    names = {"localhost", config.listen_host.lower(),
+             *(name.lower() for name, _ in starter_upstreams(config)),
              *(h.lower() for h in config.allowed_hosts)}
     return host.removesuffix(".") in names
 

@@ -57,6 +57,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench.harness import cpu_seconds, percentile, proc_status_kb, repo_relative  # noqa: E402
+from model_starter.protocol import CLIENT_HEADER  # noqa: E402
 from tests.stack import Stack, fake_model, free_port, kill_recorded, starts  # noqa: E402
 
 MODELS = ("m0", "m1", "m2", "m3")
@@ -404,7 +405,8 @@ class Traffic:
         while self.in_flight and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         for model in MODELS:
-            async with session.post(f"{self.admin}/models/{model}/stop") as resp:
+            async with session.post(f"{self.admin}/models/{model}/stop",
+                                    headers={CLIENT_HEADER: "soak"}) as resp:
                 if resp.status != 200:
                     raise RuntimeError(f"admin stop {model}: {resp.status} {await resp.text()}")
         await asyncio.sleep(1.0)

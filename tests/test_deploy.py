@@ -31,6 +31,7 @@ import pytest
 import yaml
 
 from model_starter import doctor
+from model_starter.protocol import CLIENT_HEADER
 from tests.deploy import (
     BASE_IMAGE,
     SYSTEMD_IMAGE,
@@ -303,8 +304,9 @@ def test_container_image(image_names: dict[str, str]) -> None:
     podman(*podman_argv(run, names))
     ctr = Container("model-starter-test")
     wait_for(lambda: _answers(back), 60, "the daemon in the container")
-    # The seed route, straight to the daemon: 204/504 for a configured model, JSON 404 if not.
-    assert request(back, "GET", "/no-such-model/x").status == 404
+    # The seed route, straight to the daemon: 204/504 for a configured model, JSON 404 if not
+    # (a direct call must say it is meant: the client header, issue 11's rule).
+    assert request(back, "GET", "/no-such-model/x", headers=DIRECT).status == 404
     token = re.search(r"Bearer (\S+)'", admin)
     assert token
     assert request(back, "GET", "/_ms/status").status in (401, 403)
@@ -319,7 +321,7 @@ def test_container_image(image_names: dict[str, str]) -> None:
     assert reply.status == 200, reply.body[:500]
     assert reply.json()["choices"][0]["message"]["content"]
     # The seed route for a running model, no mode signalled: 204 "already running".
-    assert request(back, "GET", "/smollm2/anything").status == 204
+    assert request(back, "GET", "/smollm2/anything", headers=DIRECT).status == 204
     health = podman("healthcheck", "run", "model-starter-test", check=False)
     assert health.returncode == 0, health.stderr
     processes = ctr.sh("for p in /proc/[0-9]*; do echo $(cat $p/cmdline | tr '\\0' ' '); done")
@@ -332,9 +334,12 @@ def test_container_image(image_names: dict[str, str]) -> None:
     assert "nginx or the daemon exited" not in logs
 
 
+DIRECT = {CLIENT_HEADER: "deploy-test"}  # a direct call to the daemon, meant as one
+
+
 def _answers(port: int) -> bool:
     try:
-        return request(port, "GET", "/no-such-model/x", timeout=2).status == 404
+        return request(port, "GET", "/no-such-model/x", headers=DIRECT, timeout=2).status == 404
     except OSError:
         return False
 

@@ -442,8 +442,8 @@ async def test_inherit_copies_history_and_listeners() -> None:
 
 
 def test_released_requests_protect_the_model_until_their_replays_are_seen() -> None:
-    """Two requests released at t: busy until two connections not there at t were seen (in
-    flight or already in TIME_WAIT); release_grace only bounds the wait."""
+    """Two requests released at t: their replays are counted as they show (new connections,
+    in flight or already in TIME_WAIT), and the model stays busy for release_grace."""
     usage = Usage(0.0, release_grace=3.0, total=HeldTotal(4096))
     probe, r1, r2 = ("127.0.0.1", 40001), ("127.0.0.1", 40002), ("127.0.0.1", 40003)
     usage.released(10.0, 2, frozenset({probe}))
@@ -451,7 +451,7 @@ def test_released_requests_protect_the_model_until_their_replays_are_seen() -> N
     usage.observe(0, 0.0, 10.01, {probe, r1})  # the health probe does not count
     assert usage.busy(10.01)
     usage.observe(0, 0.0, 10.02, {probe, r1, r2})  # both replays came and went
-    assert not usage.busy(10.02)
+    assert usage.replays_pending == 0 and usage.busy(10.02) and not usage.busy(13.0)
     usage.released(20.0, 1, frozenset())  # a replay that never shows: the upper bound
     usage.observe(0, None, 21.0, set())
     assert usage.busy(22.9) and not usage.busy(23.0)

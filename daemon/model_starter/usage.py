@@ -54,9 +54,11 @@ class Usage:
                 peers: Set[Peer] | None = None) -> None:
         """What the activity monitor saw at the model's port (`peers`: its connections)."""
         self.in_flight = in_flight
+        # Seen replays are counted (status), but do not end the protection early: new
+        # connections from other clients count too, and a soak run cut a stream that way.
         if (self.replays_pending and peers is not None and self._baseline is not None
                 and len(peers - self._baseline) >= self.replays_pending):
-            self.replays_pending, self._released_until = 0, 0.0
+            self.replays_pending = 0
         if in_flight > 0:
             self.last_activity = now
         elif last_close_ago is not None:

@@ -30,7 +30,6 @@ from sanic.response import text as text_response
 from model_starter.events import Event, Shutdown
 from model_starter.launchers.process import ProcessLauncher
 from model_starter.launchers.v2 import V2Launcher
-from model_starter.pool import ModelPool
 from model_starter.protocol import ERROR_UNKNOWN_MODEL
 from model_starter.responses import error_response
 from model_starter.supervisor import ModelSupervisor
@@ -139,10 +138,6 @@ class Follows:
     open: set[asyncio.Task[Any]] = field(default_factory=set)
 
 
-def _find(pool: ModelPool, name: str) -> ModelSupervisor | None:
-    return pool.get(name)
-
-
 def install_logs(bp: Blueprint, limits: FollowLimits | None = None) -> None:
     """Register `GET <bp prefix>/logs/<name>` on the (admin) blueprint."""
 
@@ -156,7 +151,7 @@ def install_logs(bp: Blueprint, limits: FollowLimits | None = None) -> None:
     async def logs(request: Request, name: str) -> HTTPResponse | None:
         follows = follows_of(request.app)
         lim = follows.limits
-        sup = _find(request.app.ctx.pool, name)
+        sup = request.app.ctx.pool.get(name)
         if sup is None:
             return error_response(404, ERROR_UNKNOWN_MODEL, f"no model named {name!r} is configured",
                                   model=name)

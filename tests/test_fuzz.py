@@ -213,12 +213,18 @@ def _statements(text: str) -> list[str]:
     return out
 
 
-def _benign(doc: dict[str, Any], local_server: bool) -> dict[str, Any]:
-    """The same config with every nginx-reaching value replaced by a plain one (the inference
-    server keeps its kind: on a loopback address each V2 model gets its own `proxy_bind`)."""
+def _benign(doc: dict[str, Any], config: Config) -> dict[str, Any]:
+    """The same config with every nginx-reaching value replaced by a plain one. Hosts keep
+    their kind: on an IPv4 loopback address each V2 model gets its own `proxy_bind`, and
+    each model's replays theirs."""
+    def plain_host(host: str) -> str:
+        return "127.0.0.1" if per_model_activity(host) else "localhost"
+
     models = {}
     for i, (name, spec) in enumerate(doc["models"].items()):
         plain = {k: v for k, v in spec.items() if k not in ("host", "v2_name", "aliases")}
+        if "host" in spec:
+            plain["host"] = plain_host(config.models[name].host)
         if "aliases" in spec:
             plain["aliases"] = [f"a{i}"]
         if "client_max_body_size" in plain:
@@ -230,7 +236,7 @@ def _benign(doc: dict[str, Any], local_server: bool) -> dict[str, Any]:
     if "client_max_body_size" in nginx:
         nginx["client_max_body_size"] = "1m"
     return {**doc, "models": models, "listen": "127.0.0.1:8080", "nginx": nginx,
-            "inference_server": {"host": "127.0.0.1" if local_server else "localhost"}}
+            "inference_server": {"host": plain_host(config.inference.host)}}
 
 
 def _resolvable(config: Config) -> bool:
@@ -259,7 +265,7 @@ def test_generated_nginx_text_has_only_the_generators_directives(
         event("refused")
         return
     text = render(config, FEED_KEY)
-    plain = yaml.safe_dump(_benign(doc, per_model_activity(config.inference.host)), sort_keys=False)
+    plain = yaml.safe_dump(_benign(doc, config), sort_keys=False)
     baseline = render(parse_config(plain, "c.yaml", environ={}), FEED_KEY)
     assert _statements(text) == _statements(baseline)
     if not _resolvable(config):

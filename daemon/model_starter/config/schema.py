@@ -232,8 +232,9 @@ class Config:
                         "held requests across all models (each `max_waiting` still applies); "
                         "more get 503 `queue_full` at once", 4096)
     release_grace: float = key(
-        c.seconds(0, 600), "seconds a model counts as busy after held requests were released, "
-        "so their replays are never cut by an idle stop or an eviction", 3.0)
+        c.seconds(0, 600), "at most this long a model counts as busy after held requests were "
+        "released, until their replays were seen at its port (the whole time where they cannot "
+        "be told apart), so a replay is never cut by an idle stop or an eviction", 3.0)
     max_event_streams: int = key(
         c.integer(1, 10**5), "open event streams (`/_ms/events`) at most; one more gets 429",
         32)

@@ -285,6 +285,25 @@ async def test_idle_stop_racing_a_new_request() -> None:
     assert sup.state is State.READY and launcher.calls == ["start", "stop", "start"]
 
 
+async def test_idle_stop_called_off_by_a_request_that_arrived_since() -> None:
+    """The scan just before the signal sees a request that came after the stop was decided:
+    nothing is stopped, the model is ready again. A forced stop does not look."""
+    clock = FakeClock()
+    sup, launcher, events = supervisor(clock, [1.0], idle_timeout=5)
+    await sup.ensure_ready()
+    clock.advance(10)
+    sup.refresh_activity = lambda: sup.observe(1, None, clock())  # nginx sent one directly
+    task = sup.try_stop(StopReason.EVICTED)
+    assert task is not None and sup.state is State.STOPPING
+    await task
+    assert sup.state is State.READY and launcher.calls == ["start"] and launcher.pid is not None
+    assert [(e.old, e.new) for e in events if isinstance(e, StateChanged)][-2:] == [
+        (State.READY, State.STOPPING), (State.STOPPING, State.READY)]
+    assert not any(isinstance(e, Stopped) for e in events)
+    await sup.stop(StopReason.MANUAL)  # busy, but told to
+    assert sup.state is State.STOPPED and launcher.calls == ["start", "stop"]
+
+
 async def test_idle_stop_refused_while_a_request_is_held() -> None:
     clock = FakeClock()
     sup, _, _ = supervisor(clock, [1.0], idle_timeout=5)
@@ -385,7 +404,7 @@ def test_transition_table_rejects_invalid_transitions() -> None:
             sup._set_state(invalid)
     assert sup.state is State.STOPPED
     assert set(TRANSITIONS) == set(State)
-    assert State.READY not in TRANSITIONS[State.STOPPING]
+    assert TRANSITIONS[State.STOPPING] == {State.STOPPED, State.READY}  # READY: called off
     assert State.STOPPING not in TRANSITIONS[State.STARTING]
 
 

@@ -58,7 +58,7 @@ TRANSITIONS: dict[State, frozenset[State]] = {
     State.FAILED: frozenset({State.STARTING}),
     State.STARTING: frozenset({State.READY, State.FAILED}),
     State.READY: frozenset({State.STOPPING, State.STOPPED}),  # STOPPED: crashed
-    State.STOPPING: frozenset({State.STOPPED}),
+    State.STOPPING: frozenset({State.STOPPED, State.READY}),  # READY: an idle stop called off
 }
 
 

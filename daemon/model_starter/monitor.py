@@ -58,7 +58,8 @@ class ActivityMonitor:
         """Scan the kernel once and tell each running model what it shows."""
         now = self._clock()
         ports = {sup.launcher.activity_port: sup for sup in self._models().values()
-                 if sup.state is State.READY and sup.launcher.activity_port is not None}
+                 if sup.state in (State.READY, State.STOPPING)  # STOPPING: see _called_off
+                 and sup.launcher.activity_port is not None}
         shared = self._shared_port()
         scan = scan_ports([*ports, *([shared] if shared is not None else [])])
         for port, sup in ports.items():

@@ -131,6 +131,7 @@ class ModelPool:
                               self.held_total)
         sup.lifecycle = lifecycle_for(spec, self.config.state_dir, self._session)
         sup.replay_source = replay_source(self.config, spec)
+        sup.refresh_activity = self.monitor.refresh
         sup.listeners.append(self._emit)
         self.models[spec.name] = sup
         return sup

@@ -60,6 +60,7 @@ class ModelSupervisor:
         self.lifecycle: Lifecycle = NOTHING  # the pool's: hooks, KV cache (healthy, before a stop)
         self._peers = peers  # the connections a port has now (the replays' baseline)
         self.replay_source: str | None = None  # nginx replays from it (routing.replay_source)
+        self.refresh_activity: Callable[[], None] = lambda: None  # the pool's: a scan, now
         self.launcher = launcher
         self.health = health
         self._before_start = before_start
@@ -131,18 +132,13 @@ class ModelSupervisor:
     # -- requests ----------------------------------------------------------------------------
 
     async def ensure_ready(self, replay: bool = True) -> bool:
-        """Return once the model is ready; True if it already was (nothing had to be done).
-        `replay`: the caller's request will go to the model once released (nginx's; not a
-        preload or an admin start), so the model stays busy until it arrived.
-
-        By state: READY returns True at once (memory only: the hot path of auth_request
-        mode) unless its process is known to have exited (then as STOPPED). STOPPED, FAILED
-        begin a start (unless in crash-loop backoff: StartError ``crash_loop``) and wait for
-        it. STARTING joins the start under way (single flight: every waiter gets the same
-        result or StartError). STOPPING waits for the stop, then starts afresh.
-
-        Raises StartError ``queue_full`` when `max_waiting` requests wait already (or `max_held`
-        across all models), ``timeout`` after `hold_timeout`, ``shutting_down`` once closed."""
+        """Return once the model is ready; True if it already was. `replay`: the request goes to
+        the model once released (not a preload or an admin start): it keeps the model busy until
+        it arrived. READY returns at once (the auth_request hot path) unless its process is known
+        to have exited; STOPPED, FAILED begin a start (or StartError ``crash_loop``) and wait;
+        STARTING joins it (single flight: every waiter gets the same result); STOPPING waits for
+        the stop, then starts afresh. StartError ``queue_full`` past `max_waiting` (or
+        `max_held`), ``timeout`` after `hold_timeout`, ``shutting_down`` once closed."""
         self._notice_exit()
         if self._state is State.READY:
             self.usage.last_activity = self._clock()
@@ -279,9 +275,8 @@ class ModelSupervisor:
         raise exc
 
     def _notice_exit(self) -> None:
-        """Record a crash if the ready model's process has ended (idempotent, synchronous): called
-        from the exit future's callback and before every decision, so a request never sees "ready"
-        for a process whose exit is already known."""
+        """Record a crash if the ready model's process has ended (idempotent): called before every
+        decision, so a request never sees "ready" for a process whose exit is already known."""
         exited = self.launcher.exited
         if self._state is State.READY and exited is not None and exited.done():
             status = exited.result()
@@ -305,7 +300,7 @@ class ModelSupervisor:
             return None
         log.info("model=%s stopping (%s)", self.spec.name, reason)
         self.history.stop_reason = reason
-        self._begin(State.STOPPING, self._stop(reason))
+        self._begin(State.STOPPING, self._stop(reason, only_if_idle))
         return self._transition
 
     async def stop(self, reason: StopReason) -> None:
@@ -321,13 +316,24 @@ class ModelSupervisor:
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 await asyncio.shield(task)
 
-    async def _stop(self, reason: StopReason) -> None:
+    async def _stop(self, reason: StopReason, only_if_idle: bool = False) -> None:
         try:
             await self.lifecycle.before_stop(self, reason)  # a crash never comes here
+            if only_if_idle and self._called_off():
+                self._end(State.READY)
+                return
             await self.launcher.stop()
         finally:
-            self.emit(Stopped(model=self.spec.name, reason=reason))
-            self._end(State.STOPPED)
+            if self._state is State.STOPPING:
+                self.emit(Stopped(model=self.spec.name, reason=reason))
+                self._end(State.STOPPED)
+
+    def _called_off(self) -> bool:  # a fresh scan just before the signal: a request came?
+        self.refresh_activity()
+        if not self.busy():
+            return False
+        log.info("model=%s stop called off: a request arrived", self.spec.name)
+        return True
 
     async def adopt(self) -> bool:
         """Take over a model an earlier daemon left running, if it is still healthy."""
@@ -346,9 +352,8 @@ class ModelSupervisor:
         return True
 
     async def recheck(self, grace: float = 1.0) -> None:
-        """nginx could not get an answer from this model although we think it is ready. With a process
-        of our own, wait (bounded) for its exit: a probe is racy, a dying process can still accept for
-        an instant. Without one (command, V2) the health URL decides: one that does not answer is gone."""
+        """nginx got no answer from this model although it is ready. Our own process: wait (bounded)
+        for its exit (a dying process can still accept). Command, V2: the health URL decides."""
         if self._state is not State.READY:
             return
         exited = self.launcher.exited
@@ -382,14 +387,9 @@ class ModelSupervisor:
         now = self._clock()
         starting = self.starting_seconds(now)
         return {
-            "name": self.spec.name,
-            "state": str(self._state),
-            "since": self.since,
-            "pid": self.launcher.pid,
-            "launcher": self.launcher.kind,
-            "mode": self.spec.mode,
-            "host": self.spec.host,
-            "port": self.spec.port,
+            "name": self.spec.name, "state": str(self._state), "since": self.since,
+            "pid": self.launcher.pid, "launcher": self.launcher.kind, "mode": self.spec.mode,
+            "host": self.spec.host, "port": self.spec.port,
             **self.usage.as_json(now, time.time(), self._state is State.READY),
             "starting_seconds": None if starting is None else round(starting, 3),
             **self.history.as_json(self.spec.name, now),

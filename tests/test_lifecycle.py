@@ -105,16 +105,33 @@ def test_swap_a_to_b_when_a_is_idle(tmp_path: Path, record: Path) -> None:
 
 
 def test_swap_right_after_a_cold_start(tmp_path: Path, record: Path) -> None:
-    """A's cold start released one held request; its replay is protected for release_grace,
-    then B's start evicts A (the count-based early end is off: see usage.observe)."""
+    """A's cold start released one held request; nginx replays it from A's replay address, the
+    daemon sees it arrive, and A is no longer protected: B's start evicts A at once. With
+    release_grace (the upper bound) far beyond B's startup_timeout, B could not start if the
+    protection waited for the bound."""
     models = {"a": fake_model(free_port(), record=record),
-              "b": {**fake_model(free_port(), record=record), "startup_timeout": 5}}
-    with stack(tmp_path, models, extra={"release_grace": 1}) as s:
+              "b": {**fake_model(free_port(), record=record), "startup_timeout": 20}}
+    with stack(tmp_path, models, extra={"release_grace": 600}) as s:
         assert s.get("/a/x").status == 200  # cold: held, released, replayed
+        wait_for(lambda: s.status()["a"]["replays_pending"] == 0, 10, "a's replay to be seen")
+        assert s.status()["a"]["state"] == "ready"
         assert s.get("/b/x").status == 200
         st = s.status()
         assert (st["a"]["state"], st["b"]["state"]) == ("stopped", "ready")
         assert st["a"]["stop_reason"] == "evicted"
+
+
+def test_a_replay_the_daemon_has_not_seen_keeps_its_model(tmp_path: Path, record: Path) -> None:
+    """Without a replay address (a model nginx reaches by name) the bound alone protects the
+    replays: B's start waits for it and then fails, A keeps running."""
+    models = {"a": {**fake_model(free_port(), record=record), "host": "localhost"},
+              "b": {**fake_model(free_port(), record=record), "startup_timeout": 2}}
+    with stack(tmp_path, models, extra={"release_grace": 600}) as s:
+        assert s.get("/a/x").status == 200
+        assert s.status()["a"]["replays_pending"] == 1  # never counted: protected for 600 s
+        resp = s.get("/b/x")
+        assert resp.status == 503 and "retry-after" in {k.lower() for k in resp.headers}, resp
+        assert s.status()["a"]["state"] == "ready"
 
 
 def test_swap_thrash_never_gives_502(tmp_path: Path, record: Path) -> None:

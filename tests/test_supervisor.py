@@ -442,24 +442,46 @@ async def test_inherit_copies_history_and_listeners() -> None:
 
 
 def test_released_requests_protect_the_model_until_their_replays_are_seen() -> None:
-    """Two requests released at t: their replays are counted as they show (new connections,
-    in flight or already in TIME_WAIT), and the model stays busy for release_grace."""
+    """Two requests released at t: their replays (connections from the replay address) are
+    counted as they show, in flight or already in TIME_WAIT; once both were seen the model is
+    no longer busy on their account. release_grace is only the upper bound."""
     usage = Usage(0.0, release_grace=3.0, total=HeldTotal(4096))
-    probe, r1, r2 = ("127.0.0.1", 40001), ("127.0.0.1", 40002), ("127.0.0.1", 40003)
-    usage.released(10.0, 2, frozenset({probe}))
+    src = "127.64.0.1"
+    old, r1, r2 = (src, 40001), (src, 40002), (src, 40003)
+    usage.released(10.0, 2, frozenset({old}))
     assert usage.busy(10.0)
-    usage.observe(0, 0.0, 10.01, {probe, r1})  # the health probe does not count
-    assert usage.busy(10.01)
-    usage.observe(0, 0.0, 10.02, {probe, r1, r2})  # both replays came and went
-    assert usage.replays_pending == 0 and usage.busy(10.02) and not usage.busy(13.0)
+    usage.observe(0, 0.0, 10.01, {old, r1})  # an earlier release's replay does not count
+    assert usage.busy(10.01) and usage.replays_pending == 2
+    usage.observe(0, 0.0, 10.02, {old, r1, r2})  # both replays came and went
+    assert usage.replays_pending == 0 and not usage.busy(10.02)
     usage.released(20.0, 1, frozenset())  # a replay that never shows: the upper bound
     usage.observe(0, None, 21.0, set())
     assert usage.busy(22.9) and not usage.busy(23.0)
     usage.released(30.0, 0, None)  # nobody held (preload, admin start): nothing to protect
     assert not usage.busy(30.0)
-    usage.released(40.0, 1, None)  # no baseline (a shared port): the bound alone
+    usage.released(40.0, 1, None)  # no replay address (auth_request, IPv6): the bound alone
     usage.observe(0, 0.0, 40.5, {r1, r2})
     assert usage.busy(42.9) and not usage.busy(43.0)
+
+
+def test_a_late_replay_joins_the_replays_awaited() -> None:
+    """A request whose 502 raced the start is told to replay to the ready model: it is
+    awaited with the released ones (else on its own), so none of them is left unprotected."""
+    usage = Usage(0.0, release_grace=3.0, total=HeldTotal(4096))
+    src = "127.64.0.1"
+    usage.released(10.0, 1, frozenset())
+    usage.replay_coming(10.5, lambda: frozenset())
+    usage.observe(0, 0.0, 10.6, {(src, 1)})  # one of two seen
+    assert usage.busy(10.6) and usage.replays_pending == 2
+    usage.observe(0, 0.0, 10.7, {(src, 1), (src, 2)})
+    assert not usage.busy(10.7)
+    usage.replay_coming(20.0, lambda: frozenset({(src, 1), (src, 2)}))  # nothing awaited: alone
+    usage.observe(0, 0.0, 20.1, {(src, 1), (src, 2)})
+    assert usage.busy(20.1) and usage.replays_pending == 1
+    usage.observe(1, None, 20.2, {(src, 1), (src, 2), (src, 3)})
+    assert usage.replays_pending == 0 and usage.busy(20.2)  # in flight now: busy for that
+    usage.observe(0, 0.0, 20.3, {(src, 1), (src, 2), (src, 3)})
+    assert not usage.busy(20.3)
 
 
 async def test_preload_and_admin_starts_hold_no_replays() -> None:

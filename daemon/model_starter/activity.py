@@ -74,9 +74,10 @@ def scan_ports(ports: Iterable[int]) -> dict[int, PortActivity]:
         return scan_ports_proc(wanted)
 
 
-def peers_of(port: int, host: str = "") -> frozenset[Peer]:
-    """The connections to `port` that exist now (in flight or in TIME_WAIT). A model on an
-    address literal has connections of that family only: one netlink dump instead of two."""
+def peers_of(port: int, host: str = "", source: str | None = None) -> frozenset[Peer]:
+    """The connections to `port` that exist now (in flight or in TIME_WAIT), from `source`
+    only if given. A model on an address literal has connections of that family only: one
+    netlink dump instead of two."""
     try:
         v4 = ipaddress.ip_address(host).version == 4
         families: tuple[int, ...] = (socket.AF_INET,) if v4 else (socket.AF_INET6,)
@@ -86,7 +87,7 @@ def peers_of(port: int, host: str = "") -> frozenset[Peer]:
         act = scan_ports_netlink({port}, families)[port]
     except OSError:
         act = scan_ports_proc({port})[port]
-    return frozenset(act.peers)
+    return frozenset(act.peers if source is None else act.source(source).peers)
 
 
 # -- netlink ---------------------------------------------------------------------------------

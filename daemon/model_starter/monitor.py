@@ -63,7 +63,9 @@ class ActivityMonitor:
         scan = scan_ports([*ports, *([shared] if shared is not None else [])])
         for port, sup in ports.items():
             act = scan[port]
-            sup.observe(act.in_flight, act.last_close_ago, now, act.peers)
+            src = sup.replay_source
+            sup.observe(act.in_flight, act.last_close_ago, now,
+                        None if src is None else act.source(src).peers)
         if shared is not None:
             self._observe_shared(scan[shared], now)
 
@@ -75,7 +77,11 @@ class ActivityMonitor:
         if self._per_model():
             for name, sup in self._shared().items():
                 mine = act.source(v2_source_address(name))
-                sup.observe(mine.in_flight, mine.last_close_ago, now)
+                src = sup.replay_source
+                replays = act.source(src) if src is not None else PortActivity()
+                closes = [a for a in (mine.last_close_ago, replays.last_close_ago) if a is not None]
+                sup.observe(mine.in_flight + replays.in_flight, min(closes, default=None), now,
+                            None if src is None else replays.peers)
             return
         busy = max(0, act.in_flight - self._own_calls())
         for sup in self._shared().values():

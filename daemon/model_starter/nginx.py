@@ -62,7 +62,7 @@ from model_starter.protocol import (
     per_model_activity,
     v2_source_address,
 )
-from model_starter.routing import STARTER_UPSTREAM, Route, route, starter_upstreams
+from model_starter.routing import STARTER_UPSTREAM, Route, replay_source, route, starter_upstreams
 
 __all__ = ["STYLES", "render", "render_files"]
 
@@ -191,6 +191,7 @@ def _model_locations(config: Config, spec: ModelSpec) -> list[str]:
     r = route(config, spec)
     proxy = _model_proxy(config, spec, r)
     upstream = r.upstream
+    bind: list[str] = []  # the entry locations' source address (a V2 model's own)
     if isinstance(spec, V2Spec):
         # An unloaded model does not refuse the connection: the server answers 404 (400
         # while loading). Intercepting those sends them to the start path; a genuine
@@ -204,7 +205,7 @@ def _model_locations(config: Config, spec: ModelSpec) -> list[str]:
         proxy = [*proxy, f"{log}{ACTIVITY_FORMAT};"]
         if per_model_activity(config.inference.host):
             # Its own loopback source: the daemon's socket scan tells the models apart.
-            proxy.append(f"proxy_bind {v2_source_address(spec.v2_name or name)};")
+            bind = [f"proxy_bind {v2_source_address(spec.v2_name or name)};"]
         down = _codes(*V2_NOT_LOADED_STATUSES, *_down_codes(r))
         on_down = ["proxy_intercept_errors on;", f"error_page {down} = {start};",
                    "recursive_error_pages on;"]
@@ -219,6 +220,9 @@ def _model_locations(config: Config, spec: ModelSpec) -> list[str]:
         where = r.address
     if r.node is not None:
         where += f" on node {r.node}"
+    # Replays come from an address nothing else uses: the daemon counts them as they arrive.
+    marked = replay_source(config, spec)
+    replay_bind = [f"proxy_bind {marked};  # the replays' own source"] if marked else bind
     auth: list[str] = []
     extra: list[str] = []
     if spec.mode == "auth_request":
@@ -245,9 +249,9 @@ def _model_locations(config: Config, spec: ModelSpec) -> list[str]:
         ])]
     entries = nginx_openai.model_entries(config, spec, upstream)
     return [
-        f"# model {name}: {where}\n" + _block(f"= /{name}", [*bare, *proxy, *auth, *on_down]),
-        _block(f"/{name}/", [*strip, *proxy, *auth, *on_down]),
-        *(_block(e.location, [*e.head, *proxy, *auth, *on_down]) for e in entries),
+        f"# model {name}: {where}\n" + _block(f"= /{name}", [*bare, *proxy, *bind, *auth, *on_down]),
+        _block(f"/{name}/", [*strip, *proxy, *bind, *auth, *on_down]),
+        *(_block(e.location, [*e.head, *proxy, *bind, *auth, *on_down]) for e in entries),
         *extra,
         _block(start, [
             f"proxy_pass http://{r.starter}$request_uri;",
@@ -265,7 +269,7 @@ def _model_locations(config: Config, spec: ModelSpec) -> list[str]:
             f"error_page {NGINX_BAD_GATEWAY} = {_fallback(config, r, r.down)};",
             "recursive_error_pages on;",
         ]),
-        _block(retry, [*_silent_node(r), *replay, *proxy,
+        _block(retry, [*_silent_node(r), *replay, *proxy, *replay_bind,
                        f"error_page {_codes(*_down_codes(r))} = "
                        f"{_fallback(config, r, '@ms_retry_failed')};"]),
     ]

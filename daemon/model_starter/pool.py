@@ -34,6 +34,7 @@ from model_starter.logfile import LogFile
 from model_starter.monitor import ActivityMonitor
 from model_starter.protocol import ActivityRule, per_model_activity
 from model_starter.reloader import Reloader
+from model_starter.routing import replay_source
 from model_starter.supervisor import ModelSupervisor
 from model_starter.usage import HeldTotal
 
@@ -129,6 +130,7 @@ class ModelPool:
                               self.admission.make_room, self.config.release_grace, self._clock,
                               self.held_total)
         sup.lifecycle = lifecycle_for(spec, self.config.state_dir, self._session)
+        sup.replay_source = replay_source(self.config, spec)
         sup.listeners.append(self._emit)
         self.models[spec.name] = sup
         return sup

@@ -58,6 +58,7 @@ __all__ = [
     "is_openai_path",
     "parse_activity_datagram",
     "per_model_activity",
+    "replay_source_address",
     "request_reached_model",
     "v2_source_address",
 ]
@@ -202,21 +203,36 @@ def parse_activity_datagram(data: bytes, key: str) -> str | None:
 ActivityRule = Literal["port", "source_address", "shared_server"]
 
 
-def per_model_activity(inference_host: str) -> bool:
-    """The shared server listens on an IPv4 loopback address of this host: nginx can connect
-    from a distinct loopback source per V2 model (Linux routes all of 127.0.0.0/8 locally)
-    and the kernel's socket table tells the models apart. A name (even ``localhost``, which
-    may resolve to ::1) or a remote address: no."""
+def per_model_activity(host: str) -> bool:
+    """`host` is an IPv4 loopback address of this host: nginx can connect to it from a
+    distinct loopback source (Linux routes all of 127.0.0.0/8 locally) and the kernel's
+    socket table tells those connections apart — each V2 model's on a shared server, each
+    model's replays. A name (even ``localhost``, which may resolve to ::1) or a remote
+    address: no."""
     try:
-        return ipaddress.IPv4Address(inference_host).is_loopback
+        return ipaddress.IPv4Address(host).is_loopback
     except ValueError:
         return False
+
+
+def _loopback(salt: bytes, name: str, first: int, span: int) -> str:
+    """An address in 127.FIRST.0.0 .. 127.(FIRST+SPAN-1).255.254 derived from `name` alone:
+    stable across reloads and config order."""
+    h = hashlib.sha256(salt + name.encode("utf-8")).digest()
+    return f"127.{first + h[0] % span}.{h[1]}.{1 + h[2] % 254}"
 
 
 def v2_source_address(name: str) -> str:
     """The loopback address nginx connects from for V2 model `name` (``proxy_bind``), in
     127.128.0.0/9 — away from 127.0.0.1, which the daemon's own calls use, so they never
-    count. Derived from the name alone: stable across reloads and config order. Two names
-    that met on one address would only be counted together (the conservative way)."""
-    h = hashlib.sha256(name.encode("utf-8")).digest()
-    return f"127.{128 + h[0] % 127}.{h[1]}.{1 + h[2] % 254}"
+    count. Two names that met on one address would only be counted together (the
+    conservative way)."""
+    return _loopback(b"", name, 128, 127)
+
+
+def replay_source_address(name: str) -> str:
+    """The loopback address nginx replays model `name`'s released requests from
+    (``proxy_bind`` in its replay location), in 127.64.0.0/10: no other traffic comes from
+    it, so the connections the kernel shows from it after a release are those replays.
+    Two names that met on one address would only end their protection later (the bound)."""
+    return _loopback(b"replay\0", name, 64, 64)

@@ -122,6 +122,8 @@ async def model_route(request: Request, model: str, rest: str = "") -> HTTPRespo
     if mode == MODE_AUTH:
         return HTTPResponse(status=STATUS_READY, headers=ready)
     if mode == MODE_RETRY or not already:
+        if already:  # its 502 raced the start: this replay is protected like the released ones
+            sup.replay_coming()
         return json_response({"model": name, "state": "ready", "retry": True},
                              status=STATUS_REPLAY, headers=ready)
     return HTTPResponse(status=STATUS_READY, headers=ready)

@@ -14,10 +14,10 @@ from dataclasses import dataclass
 
 from model_starter.config import Config, ModelSpec
 from model_starter.nginx_syntax import word
-from model_starter.protocol import STARTER_UPSTREAM
+from model_starter.protocol import STARTER_UPSTREAM, per_model_activity, replay_source_address
 
 __all__ = ["INFERENCE_UPSTREAM", "STARTER_UPSTREAM", "Route", "addr", "daemon_addr",
-           "route", "starter_upstreams"]
+           "replay_source", "route", "starter_upstreams"]
 
 INFERENCE_UPSTREAM = "ms_inference"
 LOCAL_CONNECT_TIMEOUT = "5s"  # the daemon and the models on this host (refused, not silent)
@@ -73,6 +73,18 @@ def route(config: Config, spec: ModelSpec) -> Route:
     return Route(upstream, address, f"ms_node_{node.name}", node.daemon_addr,
                  f"@ms_down_{node.name}", f"@ms_auth_failed_{node.name}",
                  _half(config.nginx.connect_timeout), node.name)
+
+
+def replay_source(config: Config, spec: ModelSpec) -> str | None:
+    """The loopback address nginx replays `spec`'s released requests from, or None.
+
+    Decided here once, for the generator (``proxy_bind`` in the replay location) and the
+    daemon (which counts the connections from it): a model this host's nginx reaches on an
+    IPv4 loopback address, in error_page mode (auth_request has no replay location). Else
+    replays are protected for `release_grace` (see ``usage``)."""
+    if spec.mode != "error_page" or route(config, spec).node is not None:
+        return None
+    return replay_source_address(spec.name) if per_model_activity(spec.host) else None
 
 
 def starter_upstreams(config: Config) -> list[tuple[str, str]]:

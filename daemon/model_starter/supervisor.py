@@ -1,10 +1,8 @@
-"""One owner per model: every state change of a model is decided here.
-
-Requests never check-then-act on a model's state. They call `ensure_ready()`, which joins whatever
-transition is under way (single flight) or begins one; stops go through `stop()` / `try_stop()`. All run on
-the event loop with no await between reading the state and claiming the transition, so no two callers can
-decide differently (llama-swap's TTL-vs-request deadlock came from deciding outside).
-"""
+"""One owner per model: every state change of a model is decided here. Requests never
+check-then-act on a model's state: they call `ensure_ready()`, which joins the transition under
+way (single flight) or begins one; stops go through `stop()` / `try_stop()`. All run on the event
+loop with no await between reading the state and claiming the transition, so no two callers
+decide differently (llama-swap's TTL-vs-request deadlock came from deciding outside)."""
 
 from __future__ import annotations
 
@@ -56,11 +54,12 @@ class ModelSupervisor:
         release_grace: float = 3.0,
         clock: Callable[[], float] = time.monotonic,
         held_total: HeldTotal | None = None,
-        peers: Callable[[int, str], frozenset[Peer]] = peers_of,
+        peers: Callable[[int, str, str], frozenset[Peer]] = peers_of,
     ) -> None:
         self.spec = spec
         self.lifecycle: Lifecycle = NOTHING  # the pool's: hooks, KV cache (healthy, before a stop)
         self._peers = peers  # the connections a port has now (the replays' baseline)
+        self.replay_source: str | None = None  # nginx replays from it (routing.replay_source)
         self.launcher = launcher
         self.health = health
         self._before_start = before_start
@@ -142,10 +141,8 @@ class ModelSupervisor:
         it. STARTING joins the start under way (single flight: every waiter gets the same
         result or StartError). STOPPING waits for the stop, then starts afresh.
 
-        Raises StartError ``queue_full`` when `max_waiting` requests wait already (or
-        `max_held` across all models),
-        ``timeout`` after `hold_timeout`, ``shutting_down`` once closed.
-        """
+        Raises StartError ``queue_full`` when `max_waiting` requests wait already (or `max_held`
+        across all models), ``timeout`` after `hold_timeout`, ``shutting_down`` once closed."""
         self._notice_exit()
         if self._state is State.READY:
             self.usage.last_activity = self._clock()
@@ -255,11 +252,17 @@ class ModelSupervisor:
         log.info("model=%s ready in %.3fs pid=%s", spec.name, seconds, self.launcher.pid)
         self.emit(Started(model=spec.name, seconds=seconds, pid=self.launcher.pid))
 
+    def _replays_baseline(self) -> frozenset[Peer] | None:  # the replays' connections now
+        src = self.replay_source
+        return None if src is None else self._peers(self.spec.port, self.spec.host, src)
+
+    def replay_coming(self) -> None:
+        """nginx was told to replay a request to this ready model (a late 504)."""
+        self.usage.replay_coming(self._clock(), self._replays_baseline)
+
     def _became_ready(self, replays: int) -> None:
-        port = self.launcher.activity_port
-        baseline = self._peers(port, self.spec.host) if replays and port is not None else None
         self.history.last_error = None
-        self.usage.released(self._clock(), replays, baseline)
+        self.usage.released(self._clock(), replays, self._replays_baseline() if replays else None)
         self._end(State.READY)
         self._admitted = True
         exited = self.launcher.exited
@@ -276,10 +279,9 @@ class ModelSupervisor:
         raise exc
 
     def _notice_exit(self) -> None:
-        """Record a crash if the ready model's process has ended (idempotent, synchronous).
-
-        Called from the exit future's callback and before every decision, so a request never sees "ready" for
-        a process whose exit is already known."""
+        """Record a crash if the ready model's process has ended (idempotent, synchronous): called
+        from the exit future's callback and before every decision, so a request never sees "ready"
+        for a process whose exit is already known."""
         exited = self.launcher.exited
         if self._state is State.READY and exited is not None and exited.done():
             status = exited.result()
@@ -344,11 +346,9 @@ class ModelSupervisor:
         return True
 
     async def recheck(self, grace: float = 1.0) -> None:
-        """nginx could not get an answer from this model although we think it is ready.
-
-        With a process of our own, wait (bounded) for its exit: a probe is racy, a dying process can still
-        accept for an instant. Without one (command and V2 launchers) the health URL decides: one that
-        does not answer is gone and is started again."""
+        """nginx could not get an answer from this model although we think it is ready. With a process
+        of our own, wait (bounded) for its exit: a probe is racy, a dying process can still accept for
+        an instant. Without one (command, V2) the health URL decides: one that does not answer is gone."""
         if self._state is not State.READY:
             return
         exited = self.launcher.exited

@@ -2,17 +2,19 @@
 (as the activity monitor saw them), its last activity, and the requests released for
 replay that have not reached the model yet.
 
-Released requests are protected exactly until their replays arrived: at the release the
-supervisor notes the connections the model's port has then (`baseline`); every scan after
-counts the connections not in it — in flight, or already ended and in TIME_WAIT — and once
-they are as many as the requests released, the model is no longer busy on their account.
-`release_grace` is only the upper bound, for replays that never show (a client that went
-away) and for models whose connections cannot be told apart (no baseline).
+Released requests are protected exactly until their replays arrived. nginx replays them
+from an address nothing else connects from (``routing.replay_source``); at the release
+the supervisor notes the connections from it the model's port has then (`baseline`);
+every scan after counts the ones not in it — in flight, or already ended and in
+TIME_WAIT — and once they are as many as the requests released, the model is no longer
+busy on their account. `release_grace` is only the upper bound: for replays that never
+show (a client that went away), and the whole protection where there is no such address
+(auth_request mode, a model nginx reaches on a name, IPv6 or another host).
 """
 
 from __future__ import annotations
 
-from collections.abc import Set
+from collections.abc import Callable, Set
 from typing import Any
 
 from model_starter.activity import Peer
@@ -54,11 +56,10 @@ class Usage:
                 peers: Set[Peer] | None = None) -> None:
         """What the activity monitor saw at the model's port (`peers`: its connections)."""
         self.in_flight = in_flight
-        # Seen replays are counted (status), but do not end the protection early: new
-        # connections from other clients count too, and a soak run cut a stream that way.
         if (self.replays_pending and peers is not None and self._baseline is not None
                 and len(peers - self._baseline) >= self.replays_pending):
-            self.replays_pending = 0
+            self.replays_pending = 0  # every replay reached the model
+            self._released_until = 0.0
         if in_flight > 0:
             self.last_activity = now
         elif last_close_ago is not None:
@@ -66,17 +67,29 @@ class Usage:
 
     def released(self, now: float, replays: int, baseline: frozenset[Peer] | None) -> None:
         """The model became ready: `replays` held requests go now; they count as busy until
-        as many new connections (not in `baseline`) were seen, at most `release_grace`."""
+        as many new replay connections (not in `baseline`) were seen, at most
+        `release_grace` (`baseline` None: no replay address, the bound alone)."""
         self.last_activity = now
         self.replays_pending = replays
         self._baseline = baseline
         self._released_until = now + self.release_grace if replays else 0.0
+
+    def replay_coming(self, now: float, baseline: Callable[[], frozenset[Peer] | None]) -> None:
+        """One more request goes to the ready model as a replay (its 502 raced the start):
+        counted with the replays still awaited, else protected on its own."""
+        self.last_activity = now
+        if self.replays_pending and now < self._released_until:
+            self.replays_pending += 1
+            self._released_until = now + self.release_grace
+        else:
+            self.released(now, 1, baseline())
 
     def as_json(self, now: float, wall: float, ready: bool) -> dict[str, Any]:
         return {
             "held": self.held,
             "in_flight": self.in_flight,
             "busy": self.busy(now),
+            "replays_pending": self.replays_pending if now < self._released_until else 0,
             "idle_seconds": round(self.idle_for(now), 3) if ready else None,
             "last_activity": wall - (now - self.last_activity),
         }

@@ -53,7 +53,7 @@ def test_turn_retry_after(limit: float, retry: int) -> None:
 
 
 def pair(clock: FakeClock, **fields: Any) -> tuple[dict[str, ModelSupervisor],
-                                                    dict[str, FakeLauncher]]:
+                                                    dict[str, FakeLauncher], Admission]:
     """Two models that need the one GPU each (`fields` for both), with admission between."""
     models: dict[str, ModelSupervisor] = {}
     launchers: dict[str, FakeLauncher] = {}
@@ -63,7 +63,7 @@ def pair(clock: FakeClock, **fields: Any) -> tuple[dict[str, ModelSupervisor],
         sup, launcher, _ = supervisor(clock, [1.0] * 3, name, admission.make_room,
                                       requires="{gpu: 1}", **fields)
         models[name], launchers[name] = sup, launcher
-    return models, launchers
+    return models, launchers, admission
 
 
 async def run_until(task: asyncio.Task[Any], clock: FakeClock, step: float,
@@ -81,7 +81,7 @@ async def run_until(task: asyncio.Task[Any], clock: FakeClock, step: float,
 
 async def test_a_busy_model_keeps_the_room_and_the_waiting_start_gets_503_at_max_wait() -> None:
     clock = FakeClock()
-    models, launchers = pair(clock, max_wait=4)
+    models, launchers, _ = pair(clock, max_wait=4)
     a, b = models["a"], models["b"]
     await a.ensure_ready(replay=False)
     a.usage.in_flight = 1  # a stream that never ends
@@ -100,7 +100,7 @@ async def test_a_busy_model_keeps_the_room_and_the_waiting_start_gets_503_at_max
 
 async def test_without_max_wait_the_start_waits_up_to_startup_timeout() -> None:
     clock = FakeClock()
-    models, _ = pair(clock, max_wait=0, startup_timeout=20)
+    models, _, _ = pair(clock, max_wait=0, startup_timeout=20)
     await models["a"].ensure_ready(replay=False)
     models["a"].usage.in_flight = 1
     t0 = clock()
@@ -112,7 +112,7 @@ async def test_without_max_wait_the_start_waits_up_to_startup_timeout() -> None:
 
 async def test_a_pause_ends_the_turn_without_min_dwell() -> None:
     clock = FakeClock()
-    models, launchers = pair(clock)
+    models, launchers, _ = pair(clock)
     a, b = models["a"], models["b"]
     await a.ensure_ready(replay=False)
     a.touch()  # used a moment ago, nothing in flight now
@@ -123,7 +123,7 @@ async def test_a_pause_ends_the_turn_without_min_dwell() -> None:
 
 async def test_min_dwell_keeps_a_model_in_use_until_idle() -> None:
     clock = FakeClock()
-    models, _ = pair(clock, min_dwell=30, max_wait=100)
+    models, _, _ = pair(clock, min_dwell=30, max_wait=100)
     a, b = models["a"], models["b"]
     await a.ensure_ready(replay=False)
     start_b = asyncio.create_task(b.ensure_ready())
@@ -139,7 +139,7 @@ async def test_min_dwell_keeps_a_model_in_use_until_idle() -> None:
 
 async def test_min_dwell_yields_once_the_waiting_turn_is_due() -> None:
     clock = FakeClock()
-    models, _ = pair(clock, min_dwell=300, max_wait=10)
+    models, _, _ = pair(clock, min_dwell=300, max_wait=10)
     a, b = models["a"], models["b"]
     await a.ensure_ready(replay=False)
     t0 = clock()
@@ -148,3 +148,26 @@ async def test_min_dwell_yields_once_the_waiting_turn_is_due() -> None:
     assert await start_b is False
     assert 5 <= clock() - t0 <= 6.5  # half of max_wait, then b's own 1 s start
     assert a.state is State.STOPPED and b.state is State.READY
+
+
+async def test_requests_the_daemon_sees_wait_once_the_turn_is_over() -> None:
+    """auth_request mode: once b's turn is due, new requests for a wait (a drains), and
+    go on once a was stopped; before that they pass."""
+    clock = FakeClock()
+    models, _, admission = pair(clock, max_wait=10)
+    a, b = models["a"], models["b"]
+    await a.ensure_ready(replay=False)
+    a.usage.in_flight = 1
+    start_b = asyncio.create_task(b.ensure_ready())
+    await settle()
+    await asyncio.wait_for(admission.wait_turn(a), 1)  # not due yet: passes
+    clock.advance(5)  # half of max_wait
+    await asyncio.sleep(0.01)
+    request_a = asyncio.create_task(admission.wait_turn(a))
+    await asyncio.sleep(0.01)
+    assert not request_a.done() and a.state is State.READY
+    a.usage.in_flight = 0  # its last request ended: the turn passes to b
+    await asyncio.wait_for(request_a, 1)
+    assert await start_b is False
+    assert a.state is State.STOPPED and b.state is State.READY
+    await asyncio.wait_for(admission.wait_turn(b), 1)  # nobody waits: b's requests pass

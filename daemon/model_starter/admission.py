@@ -43,6 +43,9 @@ class Admission:
         self._clock = clock
         self._drain_poll = drain_poll
         self._lock = asyncio.Lock()
+        # The models whose turn is over (a waiting start's turn is due and needs their room):
+        # in auth_request mode their new requests wait (`wait_turn`), so they drain.
+        self._turn_over: frozenset[str] = frozenset()
 
     def holders(self, starting: ModelSupervisor, now: float, waited: float = 0.0) -> list[Holder]:
         """Every other model that holds resources now (running, stopping, admitted); one
@@ -81,6 +84,8 @@ class Admission:
                 self._refresh_activity()
                 holders = self.holders(sup, now, now - began)
                 victims = choose_victims(sup.spec.requires, self._capacity(), holders)
+                due = turn_due(now - began, sup.spec.max_wait)
+                self._turn_over = frozenset(victims.names) if due else frozenset()
                 if victims.fits and not victims.names:
                     sup.admit()
                     return
@@ -95,7 +100,15 @@ class Admission:
                     raise self._no_room(sup, victims.fits or not settled, holders, limit)
                 await asyncio.sleep(self._drain_poll)  # busy victims finish their requests
         finally:
+            self._turn_over = frozenset()
             self._lock.release()
+
+    async def wait_turn(self, sup: ModelSupervisor) -> None:
+        """A request for a running model whose turn is over waits until the model was
+        stopped (then it starts again in its own turn) or the turn ends otherwise. Only
+        requests the daemon sees can wait: auth_request mode's, not error_page mode's."""
+        while sup.spec.name in self._turn_over and sup.state is State.READY:
+            await asyncio.sleep(self._drain_poll)
 
     def _no_room(self, sup: ModelSupervisor, could_fit: bool, holders: list[Holder],
                  limit: float) -> StartError:

@@ -171,3 +171,47 @@ async def test_requests_the_daemon_sees_wait_once_the_turn_is_over() -> None:
     assert await start_b is False
     assert a.state is State.STOPPED and b.state is State.READY
     await asyncio.wait_for(admission.wait_turn(b), 1)  # nobody waits: b's requests pass
+
+
+def trio(clock: FakeClock, **fields: Any) -> dict[str, ModelSupervisor]:
+    models: dict[str, ModelSupervisor] = {}
+    admission = Admission(lambda: models, lambda: {"gpu": 1.0}, lambda: None, clock,
+                          drain_poll=0.001)
+    for name in ("a", "b", "c"):
+        models[name] = supervisor(clock, [1.0] * 3, name, admission.make_room,
+                                  requires="{gpu: 1}", **fields.get(name, {}))[0]
+    return models
+
+
+async def test_waiting_starts_take_turns_oldest_first() -> None:
+    clock = FakeClock()
+    models = trio(clock)
+    a, b, c = models["a"], models["b"], models["c"]
+    await a.ensure_ready(replay=False)
+    a.usage.in_flight = 1
+    start_b = asyncio.create_task(b.ensure_ready())
+    await settle()
+    start_c = asyncio.create_task(c.ensure_ready())
+    await settle()
+    a.usage.in_flight = 0
+    assert await start_b is False  # b waited longer: its turn comes first
+    assert b.state is State.READY and c.state is State.STARTING and not c.admitted
+    await run_until(start_c, clock, 0.5)  # b's replay protection ends: then c
+    assert await start_c is False
+    assert [m.state for m in (a, b, c)] == [State.STOPPED, State.STOPPED, State.READY]
+
+
+async def test_a_start_queued_behind_another_still_gets_503_at_its_max_wait() -> None:
+    clock = FakeClock()
+    models = trio(clock, c={"max_wait": 0.2})
+    a, b, c = models["a"], models["b"], models["c"]
+    await a.ensure_ready(replay=False)
+    a.usage.in_flight = 1
+    start_b = asyncio.create_task(b.ensure_ready())
+    await settle()
+    with pytest.raises(StartError) as err:  # waits behind b's start: bounded all the same
+        await asyncio.wait_for(c.ensure_ready(), 5)
+    assert err.value.reason is FailureReason.CAPACITY_TIMEOUT
+    assert "busy: a" in err.value.detail
+    a.usage.in_flight = 0
+    assert await start_b is False

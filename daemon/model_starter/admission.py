@@ -77,7 +77,7 @@ class Admission:
             async with asyncio.timeout(limit):
                 await self._lock.acquire()
         except TimeoutError:
-            raise self._no_room(sup, True, [], limit) from None
+            raise self._no_room(sup, True, self.holders(sup, self._clock()), limit) from None
         try:
             while True:
                 now = self._clock()

@@ -112,6 +112,8 @@ async def model_route(request: Request, model: str, rest: str = "") -> HTTPRespo
         # nginx failed to get an answer from a model we may think is ready.
         await sup.recheck()
     t0 = time.monotonic()
+    if mode == MODE_AUTH:  # another model's turn is due: this one takes no new work
+        await ctx.pool.admission.wait_turn(sup)
     try:
         already = await sup.ensure_ready()
         if not already:

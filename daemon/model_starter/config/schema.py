@@ -101,6 +101,15 @@ class ModelSpec:
     preload: bool = key(c.boolean, "start when the daemon starts (respecting capacity)", False)
     max_waiting: int = key(c.integer(1, 10**6),
                            "held requests per model; more get 503 at once", 2048, shared=True)
+    max_wait: float = key(
+        c.seconds(0, 86400), "a start waits at most this long for room (at most "
+        "`startup_timeout`), then its held requests get 503 `capacity_timeout` + `Retry-After`; "
+        "from half of it on, running models' `min_dwell` no longer holds it back; `0`: "
+        "`startup_timeout` alone (see Fair turns)", 120.0, shared=True)
+    min_dwell: float = key(
+        c.seconds(0, 86400), "a model ready for less than this many seconds is not evicted for "
+        "another at a mere pause: only once idle for 1 s, or once the other's turn is due "
+        "(see Fair turns)", 0.0, shared=True)
     crash_loop: CrashLoop = key(  # noqa: RUF009
         c.nested(CrashLoop), "that many failed starts or crashes within `window` s: no start "
         "for `backoff` s (503 + `Retry-After`)", CrashLoop(), shared=True)

@@ -150,6 +150,11 @@ def test_scan_ports_reads_established_and_time_wait(tmp_path: Path) -> None:
     assert got[9001].in_flight == 2
     assert got[9001].last_close_ago == pytest.approx(2.0)
     assert got[9003].in_flight == 0 and got[9003].last_close_ago is None
+    seen = got[9001].peers  # by the other end: None in flight, else seconds since the close
+    assert seen[("127.0.0.1", 0xC000)] is None and seen[("127.0.0.1", 0xC001)] is None
+    assert seen[("127.0.0.1", 0xC002)] == pytest.approx(2.0)
+    assert seen[("127.0.0.1", 0xC003)] == pytest.approx(10.0)
+    assert len(seen) == 4
 
 
 def test_netlink_and_proc_agree_on_real_sockets() -> None:
@@ -182,6 +187,9 @@ def test_netlink_and_proc_agree_on_real_sockets() -> None:
             assert nl[port].last_close_ago is not None and nl[port].last_close_ago < 2
             assert proc[port].last_close_ago is not None and proc[port].last_close_ago < 2
         assert nl[1].last_close_ago is None
+        for scan in (nl, proc):  # each connection once, by its client end
+            assert sorted(age is None for age in scan[pa].peers.values()) == [False, True, True]
+            assert len(scan[pb].peers) == 2
     finally:
         for client, server in pairs:
             client.close()

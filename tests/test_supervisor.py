@@ -462,25 +462,44 @@ async def test_inherit_copies_history_and_listeners() -> None:
 
 def test_released_requests_protect_the_model_until_their_replays_are_seen() -> None:
     """Two requests released at t: their replays (connections from the replay address) are
-    counted as they show, in flight or already in TIME_WAIT; once both were seen the model is
-    no longer busy on their account. release_grace is only the upper bound."""
+    counted as they show, in flight (None) or already in TIME_WAIT (seconds since the close);
+    once both were seen the model is no longer busy on their account. release_grace is only
+    the upper bound."""
     usage = Usage(0.0, release_grace=3.0, total=HeldTotal(4096))
     src = "127.64.0.1"
     old, r1, r2 = (src, 40001), (src, 40002), (src, 40003)
-    usage.released(10.0, 2, frozenset({old}))
+    usage.released(10.0, 2, {old: 5.0})
     assert usage.busy(10.0)
-    usage.observe(0, 0.0, 10.01, {old, r1})  # an earlier release's replay does not count
+    usage.observe(0, 0.0, 10.01, {old: 5.01, r1: None})  # an earlier replay does not count
     assert usage.busy(10.01) and usage.replays_pending == 2
-    usage.observe(0, 0.0, 10.02, {old, r1, r2})  # both replays came and went
+    usage.observe(0, 0.0, 10.02, {old: 5.02, r1: 0.005, r2: 0.001})  # both came and went
     assert usage.replays_pending == 0 and not usage.busy(10.02)
-    usage.released(20.0, 1, frozenset())  # a replay that never shows: the upper bound
-    usage.observe(0, None, 21.0, set())
+    usage.released(20.0, 1, {})  # a replay that never shows: the upper bound
+    usage.observe(0, None, 21.0, {})
     assert usage.busy(22.9) and not usage.busy(23.0)
     usage.released(30.0, 0, None)  # nobody held (preload, admin start): nothing to protect
     assert not usage.busy(30.0)
     usage.released(40.0, 1, None)  # no replay address (auth_request, IPv6): the bound alone
-    usage.observe(0, 0.0, 40.5, {r1, r2})
+    usage.observe(0, 0.0, 40.5, {r1: None, r2: None})
     assert usage.busy(42.9) and not usage.busy(43.0)
+
+
+@pytest.mark.parametrize(("now_seen", "counted"), [
+    (None, True),    # the pair in TIME_WAIT at the release is in flight again: reused
+    (0.01, True),    # ... closed again just now, long after the old close: reused
+    (2.02, False),   # the same close as at the release (2 s old then): the old connection
+    (1.8, False),    # within REUSED_AFTER of it (timer granularity): still the old one
+])
+def test_a_reused_time_wait_pair_is_a_new_connection(now_seen: float | None,
+                                                     counted: bool) -> None:
+    """The kernel reuses a loopback pair in TIME_WAIT for a new connect (tcp_tw_reuse): the
+    replay on it counts once its close (or its being in flight) is newer than the old one."""
+    usage = Usage(0.0, release_grace=3.0, total=HeldTotal(4096))
+    pair = ("127.64.0.1", 40001)
+    usage.released(10.0, 1, {pair: 2.0})  # closed at 8.0
+    usage.observe(0, 0.0, 10.02, {pair: now_seen})
+    assert (usage.replays_pending == 0) is counted
+    assert usage.busy(10.02) is not counted
 
 
 def test_a_late_replay_joins_the_replays_awaited() -> None:
@@ -488,18 +507,19 @@ def test_a_late_replay_joins_the_replays_awaited() -> None:
     awaited with the released ones (else on its own), so none of them is left unprotected."""
     usage = Usage(0.0, release_grace=3.0, total=HeldTotal(4096))
     src = "127.64.0.1"
-    usage.released(10.0, 1, frozenset())
-    usage.replay_coming(10.5, lambda: frozenset())
-    usage.observe(0, 0.0, 10.6, {(src, 1)})  # one of two seen
+    a, b, c = (src, 1), (src, 2), (src, 3)
+    usage.released(10.0, 1, {})
+    usage.replay_coming(10.5, lambda: {})
+    usage.observe(0, 0.0, 10.6, {a: 0.0})  # one of two seen
     assert usage.busy(10.6) and usage.replays_pending == 2
-    usage.observe(0, 0.0, 10.7, {(src, 1), (src, 2)})
+    usage.observe(0, 0.0, 10.7, {a: 0.1, b: 0.0})
     assert not usage.busy(10.7)
-    usage.replay_coming(20.0, lambda: frozenset({(src, 1), (src, 2)}))  # nothing awaited: alone
-    usage.observe(0, 0.0, 20.1, {(src, 1), (src, 2)})
+    usage.replay_coming(20.0, lambda: {a: 9.4, b: 9.3})  # nothing awaited: alone
+    usage.observe(0, 0.0, 20.1, {a: 9.5, b: 9.4})
     assert usage.busy(20.1) and usage.replays_pending == 1
-    usage.observe(1, None, 20.2, {(src, 1), (src, 2), (src, 3)})
+    usage.observe(1, None, 20.2, {a: 9.6, b: 9.5, c: None})
     assert usage.replays_pending == 0 and usage.busy(20.2)  # in flight now: busy for that
-    usage.observe(0, 0.0, 20.3, {(src, 1), (src, 2), (src, 3)})
+    usage.observe(0, 0.0, 20.3, {a: 9.7, b: 9.6, c: 0.05})
     assert not usage.busy(20.3)
 
 

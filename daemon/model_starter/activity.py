@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 from model_starter.netstat import tcp_rows
 
-__all__ = ["Peer", "PortActivity", "peers_of", "scan_ports", "scan_ports_netlink",
+__all__ = ["Peer", "PortActivity", "Seen", "peers_of", "scan_ports", "scan_ports_netlink",
            "scan_ports_proc"]
 
 ESTABLISHED, TIME_WAIT = 1, 6
@@ -44,6 +44,10 @@ _MSG = struct.Struct("=BBBB2s2s16s16sI8sIIIII")  # inet_diag_msg
 
 
 Peer = tuple[str, int]  # the other end of a connection to a port: (address, port)
+# A port's connections by their other end: None while in flight, else seconds since it closed
+# (its TIME_WAIT age). A pair in TIME_WAIT can carry a new connection (tcp_tw_reuse, on for
+# loopback): a later close on the same pair tells the new connection from the old one.
+Seen = dict[Peer, float | None]
 
 
 @dataclass
@@ -52,7 +56,7 @@ class PortActivity:
     last_close_ago: float | None = None  # seconds since the newest request on it ended
     # Every connection seen (in flight or in TIME_WAIT), by its other end: a connection
     # keeps that identity from connect to the end of TIME_WAIT (60 s), whichever side closed.
-    peers: set[Peer] = field(default_factory=set)
+    peers: Seen = field(default_factory=dict)
     # The same, by the other end's address (a shared server tells its clients apart so).
     by_source: dict[str, PortActivity] = field(default_factory=dict)
 
@@ -74,7 +78,7 @@ def scan_ports(ports: Iterable[int]) -> dict[int, PortActivity]:
         return scan_ports_proc(wanted)
 
 
-def peers_of(port: int, host: str = "", source: str | None = None) -> frozenset[Peer]:
+def peers_of(port: int, host: str = "", source: str | None = None) -> Seen:
     """The connections to `port` that exist now (in flight or in TIME_WAIT), from `source`
     only if given. A model on an address literal has connections of that family only: one
     netlink dump instead of two."""
@@ -87,7 +91,7 @@ def peers_of(port: int, host: str = "", source: str | None = None) -> frozenset[
         act = scan_ports_netlink({port}, families)[port]
     except OSError:
         act = scan_ports_proc({port})[port]
-    return frozenset(act.peers if source is None else act.source(source).peers)
+    return act.peers if source is None else act.source(source).peers
 
 
 # -- netlink ---------------------------------------------------------------------------------
@@ -177,10 +181,12 @@ def _count(out: dict[int, PortActivity], state: int, local: Peer, remote: Peer,
     src = act.by_source.get(peer[0])
     if src is None:
         src = act.by_source[peer[0]] = PortActivity()
+    age = None if state == ESTABLISHED else max(0.0, TIME_WAIT_SECONDS - expires)
     for a in (act, src):
-        a.peers.add(peer)
-        if state != ESTABLISHED:
-            a.closed(max(0.0, TIME_WAIT_SECONDS - expires))
+        if a.peers.get(peer, 0.0) is not None:  # either side in flight: in flight
+            a.peers[peer] = age
+        if age is not None:
+            a.closed(age)
         elif local[1] in out:  # the model's side of the connection
             a.in_flight += 1
 

@@ -10,10 +10,10 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Set
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import Any, NoReturn
 
-from model_starter.activity import Peer, peers_of
+from model_starter.activity import Peer, Seen, peers_of
 from model_starter.config import ModelSpec
 from model_starter.events import (
     Adopted,
@@ -54,7 +54,7 @@ class ModelSupervisor:
         release_grace: float = 3.0,
         clock: Callable[[], float] = time.monotonic,
         held_total: HeldTotal | None = None,
-        peers: Callable[[int, str, str], frozenset[Peer]] = peers_of,
+        peers: Callable[[int, str, str], Seen] = peers_of,
     ) -> None:
         self.spec = spec
         self.lifecycle: Lifecycle = NOTHING  # the pool's: hooks, KV cache (healthy, before a stop)
@@ -100,7 +100,7 @@ class ModelSupervisor:
         self.usage.last_activity = self._clock() if now is None else now
 
     def observe(self, in_flight: int, last_close_ago: float | None, now: float,
-                peers: Set[Peer] | None = None) -> None:
+                peers: Mapping[Peer, float | None] | None = None) -> None:
         """What the activity monitor saw at the model's port (`peers`: its connections)."""
         self.usage.observe(in_flight, last_close_ago, now, peers)
 
@@ -248,7 +248,7 @@ class ModelSupervisor:
         log.info("model=%s ready in %.3fs pid=%s", spec.name, seconds, self.launcher.pid)
         self.emit(Started(model=spec.name, seconds=seconds, pid=self.launcher.pid))
 
-    def _replays_baseline(self) -> frozenset[Peer] | None:  # the replays' connections now
+    def _replays_baseline(self) -> Seen | None:  # the replays' connections now
         src = self.replay_source
         return None if src is None else self._peers(self.spec.port, self.spec.host, src)
 

@@ -6,18 +6,24 @@ Released requests are protected exactly until their replays arrived. nginx repla
 from an address nothing else connects from (``routing.replay_source``); at the release
 the supervisor notes the connections from it the model's port has then (`baseline`);
 every scan after counts the ones not in it — in flight, or already ended and in
-TIME_WAIT — and once they are as many as the requests released, the model is no longer
-busy on their account. `release_grace` is only the upper bound: for replays that never
-show (a client that went away), and the whole protection where there is no such address
-(auth_request mode, a model nginx reaches on a name, IPv6 or another host).
+TIME_WAIT; a pair that was in TIME_WAIT then and is in flight now, or closed again later,
+carries a new one (the kernel reuses such pairs on loopback) — and once they are as many
+as the requests released, the model is no longer busy on their account. `release_grace`
+is only the upper bound: for replays that never show (a client that went away), and the
+whole protection where there is no such address (auth_request mode, a model nginx reaches
+on a name, IPv6 or another host).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Set
+from collections.abc import Callable, Mapping
 from typing import Any
 
-from model_starter.activity import Peer
+from model_starter.activity import Peer, Seen
+
+# A pair's close at least this much later than the one the baseline saw is a new connection
+# on it (the kernel reuses a TIME_WAIT pair only once it is a second old).
+REUSED_AFTER = 0.5
 
 __all__ = ["HeldTotal", "Usage"]
 
@@ -32,7 +38,7 @@ class Usage:
         self.release_grace = release_grace
         self._released_until = 0.0
         self.replays_pending = 0  # requests released whose replays were not seen yet
-        self._baseline: frozenset[Peer] | None = None
+        self._baseline: dict[Peer, float | None] | None = None  # closed at, None: in flight
 
     def refusal(self, model: str, max_waiting: int) -> str | None:
         """Why one more request for `model` cannot be held (None: it can)."""
@@ -53,11 +59,11 @@ class Usage:
         return 0.0 if self.busy(now) else now - self.last_activity
 
     def observe(self, in_flight: int, last_close_ago: float | None, now: float,
-                peers: Set[Peer] | None = None) -> None:
+                peers: Mapping[Peer, float | None] | None = None) -> None:
         """What the activity monitor saw at the model's port (`peers`: its connections)."""
         self.in_flight = in_flight
-        if (self.replays_pending and peers is not None and self._baseline is not None
-                and len(peers - self._baseline) >= self.replays_pending):
+        if (self.replays_pending and peers is not None
+                and self._arrived(peers, now) >= self.replays_pending):
             self.replays_pending = 0  # every replay reached the model
             self._released_until = 0.0
         if in_flight > 0:
@@ -65,16 +71,31 @@ class Usage:
         elif last_close_ago is not None:
             self.last_activity = max(self.last_activity, now - last_close_ago)
 
-    def released(self, now: float, replays: int, baseline: frozenset[Peer] | None) -> None:
+    def _arrived(self, peers: Mapping[Peer, float | None], now: float) -> int:
+        """The connections in `peers` that the baseline did not have."""
+        base = self._baseline
+        if base is None:
+            return 0
+        new = 0
+        for peer, age in peers.items():
+            if peer not in base:
+                new += 1
+            elif (closed := base[peer]) is not None and (
+                    age is None or now - age > closed + REUSED_AFTER):
+                new += 1  # a new connection on a pair that was in TIME_WAIT
+        return new
+
+    def released(self, now: float, replays: int, baseline: Seen | None) -> None:
         """The model became ready: `replays` held requests go now; they count as busy until
         as many new replay connections (not in `baseline`) were seen, at most
         `release_grace` (`baseline` None: no replay address, the bound alone)."""
         self.last_activity = now
         self.replays_pending = replays
-        self._baseline = baseline
+        self._baseline = None if baseline is None else {
+            p: None if age is None else now - age for p, age in baseline.items()}
         self._released_until = now + self.release_grace if replays else 0.0
 
-    def replay_coming(self, now: float, baseline: Callable[[], frozenset[Peer] | None]) -> None:
+    def replay_coming(self, now: float, baseline: Callable[[], Seen | None]) -> None:
         """One more request goes to the ready model as a replay (its 502 raced the start):
         counted with the replays still awaited, else protected on its own."""
         self.last_activity = now

@@ -3,9 +3,10 @@
 Starts are admitted one at a time (a lock): admission picks a minimal set of victims with
 the pure `policy.choose_victims` (idle before busy, then cheapest to bring back by each
 model's expected start — its measured starts, before any a quarter of its startup_timeout —
-then least recently used), then asks each victim's owner to stop; an owner that became
-busy in the meantime refuses, and admission looks again. Busy victims are waited
-for (their in-flight requests finish) up to the starting model's startup_timeout.
+then least recently used), then asks each victim's owner to stop, or to sleep when the policy
+says its sleep frees enough (see sleeping.py); an owner that became busy in the meantime
+refuses, and admission looks again. Busy victims are waited for (their in-flight requests
+finish) up to the starting model's startup_timeout.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import asyncio
 import time
 from collections.abc import Callable, Mapping
 
-from model_starter.events import FailureReason, State, StopReason
+from model_starter.events import FailureReason, StopReason
 from model_starter.launchers import StartError
 from model_starter.policy import Holder, choose_victims
 from model_starter.supervisor import ModelSupervisor
@@ -43,19 +44,15 @@ class Admission:
         self._lock = asyncio.Lock()
 
     def holders(self, starting: ModelSupervisor, now: float) -> list[Holder]:
-        """Every other model that holds resources now (running, stopping, admitted)."""
+        """Every other model that holds resources now (running, asleep, stopping, admitted)."""
         out = []
         for sup in self._models().values():
-            if sup is starting:
-                continue
-            if sup.state in (State.READY, State.STOPPING) or (
-                sup.state is State.STARTING and sup.admitted
-            ):
+            holds = sup.holds()
+            if sup is not starting and holds is not None:
                 out.append(Holder(
-                    name=sup.spec.name, holds=sup.spec.requires, last_used=sup.usage.last_activity,
-                    busy=sup.busy(now), pinned=sup.spec.pinned,
-                    evictable=sup.state is State.READY,
-                    start_seconds=sup.expected_start_seconds(),
+                    name=sup.spec.name, holds=holds, last_used=sup.usage.last_activity,
+                    busy=sup.busy(now), pinned=sup.spec.pinned, evictable=sup.evictable,
+                    start_seconds=sup.expected_start_seconds(), sleep_holds=sup.sleep_holds(),
                 ))
         return out
 
@@ -72,8 +69,9 @@ class Admission:
                     sup.admit()
                     return
                 models = self._models()
-                stops = [t for name in victims.names
-                         if (t := models[name].try_stop(StopReason.EVICTED)) is not None]
+                stops = [t for name in victims.names if (t := (
+                    models[name].try_sleep if name in victims.sleep else models[name].try_stop
+                )(StopReason.EVICTED)) is not None]
                 if stops:
                     await asyncio.gather(*stops, return_exceptions=True)
                     continue

@@ -33,6 +33,7 @@ from model_starter.history import History
 from model_starter.launchers import Launcher, StartError
 from model_starter.lifecycle import NOTHING, Lifecycle
 from model_starter.policy import retry_after
+from model_starter.sleeping import SleepMixin
 from model_starter.usage import HeldTotal, Usage
 
 __all__ = ["ModelSupervisor", "State"]
@@ -44,7 +45,7 @@ QUEUE_FULL_RETRY = 5
 HOLD_TIMEOUT_RETRY = 10
 
 
-class ModelSupervisor:
+class ModelSupervisor(SleepMixin):
     def __init__(
         self,
         spec: ModelSpec,
@@ -120,7 +121,7 @@ class ModelSupervisor:
 
     def starting_seconds(self, now: float | None = None) -> float | None:
         """How long the start under way has taken so far (None when not starting)."""
-        if self._state is not State.STARTING or self._start_began is None:
+        if self._state not in (State.STARTING, State.WAKING) or self._start_began is None:
             return None
         return (self._clock() if now is None else now) - self._start_began
 
@@ -128,18 +129,16 @@ class ModelSupervisor:
         """Retry-After for a request that could not wait: the expected rest of the start."""
         return retry_after(self.expected_start_seconds() - (self.starting_seconds() or 0), ceiling)
 
-    # -- requests ----------------------------------------------------------------------------
-
     async def ensure_ready(self, replay: bool = True) -> bool:
         """Return once the model is ready; True if it already was (nothing had to be done).
         `replay`: the caller's request will go to the model once released (nginx's; not a
         preload or an admin start), so the model stays busy until it arrived.
 
-        By state: READY returns True at once (memory only: the hot path of auth_request
-        mode) unless its process is known to have exited (then as STOPPED). STOPPED, FAILED
-        begin a start (unless in crash-loop backoff: StartError ``crash_loop``) and wait for
-        it. STARTING joins the start under way (single flight: every waiter gets the same
-        result or StartError). STOPPING waits for the stop, then starts afresh.
+        By state: READY returns True at once (memory only: the hot path of auth_request mode)
+        unless its process is known to have exited (then as STOPPED). STOPPED, FAILED begin a
+        start (unless in crash-loop backoff: StartError ``crash_loop``), SLEEPING a wake, and
+        wait for it. STARTING, WAKING join the one under way (single flight: every waiter gets
+        the same result or StartError). STOPPING waits for the stop, then starts afresh.
 
         Raises StartError ``queue_full`` when `max_waiting` requests wait already (or `max_held`
         across all models), ``timeout`` after `hold_timeout`, ``shutting_down`` once closed."""
@@ -178,34 +177,33 @@ class ModelSupervisor:
             if self._closed:
                 raise StartError(FailureReason.SHUTTING_DOWN, "model-starter is shutting down",
                                  retry_after=5)
-            if self._transition is None:
+            if self._transition is None and self._state is State.SLEEPING:
+                self.begin_wake()  # single flight, like a start
+            elif self._transition is None:
                 refused = self.history.crash_loop_error(self.spec.name, self._clock())
                 if refused is not None:
                     raise refused
                 self._begin(State.STARTING, self._start())
             assert self._transition is not None
             task = self._transition
-            if self._transition_kind is State.STARTING:
+            if self._transition_kind in (State.STARTING, State.WAKING):
                 joined_start = True
                 await asyncio.shield(task)  # re-raises the start's StartError in every waiter
-            else:  # a stop under way: wait for it, then start afresh
+            else:  # a stop (or sleep) under way: wait for it, then start (or wake) afresh
                 with contextlib.suppress(Exception):
                     await asyncio.shield(task)
-
-    # -- transitions -------------------------------------------------------------------------
 
     def _begin(self, state: State, coro: Coroutine[Any, Any, None]) -> None:
         self._set_state(state)
         self._transition_kind = state
-        self._transition = asyncio.get_running_loop().create_task(coro)
-        # A start nobody waits for (preload, admin) must not log "exception never retrieved".
+        self._transition = asyncio.get_running_loop().create_task(coro)  # no "never retrieved"
         self._transition.add_done_callback(lambda t: t.cancelled() or t.exception())
 
     def _end(self, state: State) -> None:
         self._transition = None
         self._transition_kind = None
         if state is not State.READY:
-            self._admitted = False
+            self._admitted = self._asleep = False
         self._set_state(state)
 
     def _set_state(self, state: State) -> None:
@@ -283,9 +281,10 @@ class ModelSupervisor:
         from the exit future's callback and before every decision, so a request never sees "ready"
         for a process whose exit is already known."""
         exited = self.launcher.exited
-        if self._state is State.READY and exited is not None and exited.done():
+        if (self._state in (State.READY, State.SLEEPING) and self._transition is None
+                and exited is not None and exited.done()):
             status = exited.result()
-            self._gone(f"exited with status {status} while ready", status)
+            self._gone(f"exited with status {status} while {self._state}", status)
 
     def _gone(self, what: str, status: int | None) -> None:
         tail = self.launcher.tail(TAIL_LINES)
@@ -297,11 +296,9 @@ class ModelSupervisor:
         self._end(State.STOPPED)
 
     def try_stop(self, reason: StopReason, only_if_idle: bool = True) -> asyncio.Task[None] | None:
-        """Begin stopping a ready model if it agrees (idle, unless told otherwise): the task or None."""
+        """Begin stopping a ready or sleeping model if it agrees (idle, unless told otherwise)."""
         self._notice_exit()
-        if self._state is not State.READY or self._transition is not None:
-            return None
-        if only_if_idle and self.busy():
+        if not self.evictable or (only_if_idle and self.busy()):
             return None
         log.info("model=%s stopping (%s)", self.spec.name, reason)
         self.history.stop_reason = reason
@@ -316,14 +313,15 @@ class ModelSupervisor:
                 task = self.try_stop(reason, only_if_idle=False)
                 if task is None:
                     return
-            elif self._transition_kind is State.STARTING:
+            elif self._transition_kind in (State.STARTING, State.WAKING):
                 task.cancel()
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 await asyncio.shield(task)
 
     async def _stop(self, reason: StopReason) -> None:
         try:
-            await self.lifecycle.before_stop(self, reason)  # a crash never comes here
+            if not self._asleep:  # (a crash never comes here; an engine asleep has no cache)
+                await self.lifecycle.before_stop(self, reason)
             await self.launcher.stop()
         finally:
             self.emit(Stopped(model=self.spec.name, reason=reason))
@@ -395,6 +393,7 @@ class ModelSupervisor:
             **self.history.as_json(self.spec.name, now),
             "pinned": self.spec.pinned,
             "requires": dict(self.spec.requires),
+            **self.sleep_status(),
             "log_error": self.launcher.log_error,
             "lifecycle": self.lifecycle.status(),
         }

@@ -18,9 +18,11 @@ from model_starter.lifecycle_spec import (
     Hooks,
     Invalid,
     KvCache,
+    Sleep,
     extra_hold_seconds,
     parse_hooks,
     parse_kv_cache,
+    parse_sleep,
 )
 
 LauncherKind = Literal["process", "command", "v2"]
@@ -123,6 +125,11 @@ class ModelSpec:
         """KV-cache persistence (only `launcher: process` has the key)."""
         return None
 
+    @property
+    def sleeps(self) -> Sleep | None:
+        """The sleep state (only `launcher: process` has the key)."""
+        return None
+
 
 @dataclass(frozen=True, kw_only=True)
 class ProcessSpec(ModelSpec):
@@ -138,9 +145,18 @@ class ProcessSpec(ModelSpec):
         "them after the next start (or a mapping: `min_tokens`, `budget_mb`, `save_timeout`, "
         "`restore_timeout`, `weights`; see Fast return)", None, shown="off")
 
+    sleep: Sleep | None = key(  # noqa: RUF009
+        _reported(parse_sleep), "free accelerator memory without exiting after `after` idle "
+        "seconds, holding `requires` instead: `{preset: vllm|llamacpp|http, after, requires, "
+        "sleep, wake, timeout}` (see Sleep)", None, shown="off")
+
     @property
     def kv(self) -> KvCache | None:
         return self.kv_cache
+
+    @property
+    def sleeps(self) -> Sleep | None:
+        return self.sleep
 
 
 @dataclass(frozen=True, kw_only=True)

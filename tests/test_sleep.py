@@ -4,6 +4,8 @@ the pure "sleep a victim instead of stopping it" rule, idle sleeps, and admissio
 from __future__ import annotations
 
 import asyncio
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,6 +18,7 @@ from model_starter.lifecycle_spec import HttpAction, Phase, SleepPreset
 from model_starter.monitor import ActivityMonitor
 from model_starter.policy import Holder, choose_victims
 from model_starter.supervisor import ModelSupervisor
+from tests.stack import fake_model, free_port, read_records, request, stack, starts, wait_for
 from tests.test_supervisor import FakeClock, FakeHealth, FakeLauncher, settle, supervisor
 
 VLLM = "{preset: vllm, after: 5}"
@@ -277,3 +280,64 @@ async def test_admission_sleeps_a_victim_to_make_room() -> None:
     await a.ensure_ready()  # the wake makes room in turn: b stops (it cannot sleep)
     assert (a.state, b.state) == (State.READY, State.STOPPED)
     assert a_launcher.calls == ["start"]
+
+
+# -- through real nginx (auth_request mode), a model process that speaks vLLM's sleep API ---
+
+
+def events_of(record: Path, kind: str) -> list[dict[str, Any]]:
+    return [r for r in read_records(record) if r["event"] == kind]
+
+
+def sleeping_model(port: int, record: Path, **fields: Any) -> dict[str, Any]:
+    return {**fake_model(port, "--sleep-mode", record=record), "mode": "auth_request",
+            "sleep": {"preset": "vllm", "after": 1}, **fields}
+
+
+def test_idle_model_sleeps_and_one_wake_serves_a_herd(tmp_path: Path, record: Path) -> None:
+    """Idle past `sleep.after`: asleep with the same process; 20 concurrent requests wake it
+    once, all answered by that process."""
+    models = {"m": sleeping_model(free_port(), record)}
+    with stack(tmp_path, models, extra={"release_grace": 0.2}) as s:
+        first = s.get("/m/echo")
+        assert first.status == 200, first
+        pid = first.json()["pid"]
+        wait_for(lambda: s.status()["m"]["state"] == "sleeping"
+                 and s.status()["m"]["sleep"]["asleep"], 15, "the model to fall asleep")
+        assert s.status()["m"]["pid"] == pid and len(events_of(record, "sleep")) == 1
+        assert request(s.models["m"]["port"], "GET", "/echo").status == 503  # refuses asleep
+        with ThreadPoolExecutor(20) as pool:
+            answers = list(pool.map(lambda i: s.call("POST", f"/m/echo?i={i}", body=b"x"),
+                                    range(20)))
+        assert [a.status for a in answers] == [200] * 20, answers
+        assert {a.json()["pid"] for a in answers} == {pid}
+        assert len(events_of(record, "wake")) == 1  # single flight
+        assert len(starts(record)) == 1
+        assert s.status()["m"]["state"] == "ready"
+
+
+def test_making_room_sleeps_instead_of_stopping(tmp_path: Path, record: Path) -> None:
+    """Capacity for one awake model: starting b puts a to sleep (its process stays, holding
+    RAM); a request for a wakes it, and b (which cannot sleep) is stopped to make room."""
+    a_port, b_port = free_port(), free_port()
+    models = {
+        "a": sleeping_model(a_port, record, requires={"gpu": 1},
+                            sleep={"preset": "vllm", "after": 3600, "requires": {"ram": 1}}),
+        "b": {**fake_model(b_port, record=record), "mode": "auth_request",
+              "requires": {"gpu": 1}},
+    }
+    extra = {"resources": {"gpu": 1, "ram": 1}, "release_grace": 0.2}
+    with stack(tmp_path, models, extra=extra) as s:
+        a_pid = s.get("/a/echo").json()["pid"]
+        assert s.get("/b/echo").status == 200
+        st = s.status()
+        assert (st["a"]["state"], st["a"]["pid"], st["a"]["holds"]) == ("sleeping", a_pid,
+                                                                         {"ram": 1.0})
+        assert st["b"]["state"] == "ready"
+        assert len(events_of(record, "sleep")) == 1 and len(starts(record, a_port)) == 1
+        again = s.get("/a/echo")
+        assert again.status == 200 and again.json()["pid"] == a_pid
+        st = s.status()
+        assert (st["a"]["state"], st["b"]["state"]) == ("ready", "stopped")
+        assert st["b"]["stop_reason"] == "evicted"
+        assert len(events_of(record, "wake")) == 1 and len(starts(record, a_port)) == 1

@@ -306,6 +306,8 @@ def test_idle_model_sleeps_and_one_wake_serves_a_herd(tmp_path: Path, record: Pa
                  and s.status()["m"]["sleep"]["asleep"], 15, "the model to fall asleep")
         assert s.status()["m"]["pid"] == pid and len(events_of(record, "sleep")) == 1
         assert request(s.models["m"]["port"], "GET", "/echo").status == 503  # refuses asleep
+        assert s.call("POST", "/m/wake_up").status == 403  # the daemon's API, not the clients'
+        assert s.call("POST", "/m/sleep?level=1").status == 403
         with ThreadPoolExecutor(20) as pool:
             answers = list(pool.map(lambda i: s.call("POST", f"/m/echo?i={i}", body=b"x"),
                                     range(20)))

@@ -151,10 +151,12 @@ VLLM_SLEEP: Final = HttpAction("/sleep?level=1", timeout=60.0)
 VLLM_WAKE: Final = HttpAction("/wake_up", timeout=120.0)
 
 
-def extra_hold_seconds(hooks: Hooks, kv: KvCache | None) -> float:
-    """What hooks and KV persistence may add to a start plus a stop (hold timeout)."""
+def extra_hold_seconds(hooks: Hooks, kv: KvCache | None, sleep: Sleep | None = None) -> float:
+    """What hooks, KV persistence and a wake call may add to a start plus a stop (hold
+    timeout)."""
     kv_seconds = 0.0 if kv is None else kv.save_timeout + kv.restore_timeout
-    return hooks.seconds("on_ready") + hooks.seconds("before_stop") + kv_seconds
+    wake_seconds = 0.0 if sleep is None or sleep.wake is None else sleep.wake.timeout
+    return hooks.seconds("on_ready") + hooks.seconds("before_stop") + kv_seconds + wake_seconds
 
 
 def kv_active_dir(state_dir: str, model: str) -> str:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -171,7 +172,7 @@ class SleepMixin:
                                      f"model '{spec.name}' did not wake: {problem}",
                                      log_tail=self.launcher.tail(TAIL_LINES), retry_after=5)
                 reason = await self.health.wait_ready(spec.host, spec.port, spec.health,
-                                                      t0 + spec.startup_timeout,
+                                                      time.monotonic() + spec.startup_timeout,
                                                       self.launcher.exited)
                 if reason is not None:
                     raise StartError(FailureReason.WAKE_FAILED,
@@ -198,6 +199,15 @@ class SleepMixin:
         self._became_ready(self.usage.held_replays)
         log.info("model=%s awake in %.3fs pid=%s", spec.name, self._clock() - t0,
                  self.launcher.pid)
+
+    async def wake_adopted(self) -> None:
+        """An engine adopted from an earlier daemon may be asleep: wake it (vLLM: a no-op when
+        awake); it then counts as ready, holding `requires`."""
+        sleeps = self.spec.sleeps
+        if sleeps is not None and sleeps.wake is not None:
+            problem = await self.run_action("wake", sleeps.wake)
+            if problem is not None:
+                log.warning("model=%s adopted; waking it failed: %s", self.spec.name, problem)
 
     def _wake_failed(self, exc: StartError, t0: float) -> NoReturn:
         self._asleep = False

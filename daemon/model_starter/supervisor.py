@@ -338,6 +338,7 @@ class ModelSupervisor(SleepMixin):
                         spec.name, reason)
             await self.launcher.stop()
             return False
+        await self.wake_adopted()  # an earlier daemon may have put it to sleep
         self._became_ready(0)  # nobody was held
         log.info("model=%s adopted pid=%s", spec.name, self.launcher.pid)
         self.emit(Adopted(model=spec.name, pid=self.launcher.pid))

@@ -118,7 +118,7 @@ class ModelSpec:
     def hold_timeout(self) -> float:
         """How long the daemon may hold a request for this model (start + eviction wait)."""
         return (2 * self.startup_timeout + self.stop_timeout + 10
-                + extra_hold_seconds(self.hooks, self.kv))
+                + extra_hold_seconds(self.hooks, self.kv, self.sleeps))
 
     @property
     def kv(self) -> KvCache | None:

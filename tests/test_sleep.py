@@ -343,3 +343,23 @@ def test_making_room_sleeps_instead_of_stopping(tmp_path: Path, record: Path) ->
         assert (st["a"]["state"], st["b"]["state"]) == ("ready", "stopped")
         assert st["b"]["stop_reason"] == "evicted"
         assert len(events_of(record, "wake")) == 1 and len(starts(record, a_port)) == 1
+
+
+def test_dashboard_shows_a_sleeping_model_and_what_it_holds(tmp_path: Path, record: Path) -> None:
+    """The row shows "sleeping" live, and the capacity bars what it holds asleep."""
+    from tests.browser import chromium, console_errors, text_of, wait_text
+
+    models = {"m": sleeping_model(free_port(), record, requires={"gpu": 1},
+                                  sleep={"preset": "vllm", "after": 1, "requires": {"ram": 1}})}
+    extra = {"resources": {"gpu": 1, "ram": 1}, "release_grace": 0.2}
+    with stack(tmp_path, models, extra=extra) as s, chromium(tmp_path / "browser") as driver:
+        driver.get(f"http://127.0.0.1:{s.daemon_port}/_ms/ui")
+        wait_text(driver, "#conn-text", "live")
+        assert s.get("/m/echo").status == 200
+        row = 'tr[data-model="m"] [data-col=state] .state'
+        wait_text(driver, row, "sleeping")
+        wait_text(driver, '[data-resource="ram"]', "m 1 (sleeping)")
+        assert "nothing running" in text_of(driver, '[data-resource="gpu"]')
+        assert s.get("/m/echo").status == 200
+        wait_text(driver, '[data-resource="gpu"]', "m 1 (")
+        assert console_errors(driver) == []

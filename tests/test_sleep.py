@@ -363,3 +363,21 @@ def test_dashboard_shows_a_sleeping_model_and_what_it_holds(tmp_path: Path, reco
         assert s.get("/m/echo").status == 200
         wait_text(driver, '[data-resource="gpu"]', "m 1 (")
         assert console_errors(driver) == []
+
+
+def test_self_waking_engine_in_error_page_mode(tmp_path: Path, record: Path) -> None:
+    """llama.cpp's rule: nginx sends the request to the sleeping engine, which wakes itself;
+    the daemon sees it in flight at the port and counts the model awake (same process)."""
+    port = free_port()
+    models = {"m": {**fake_model(port, "--sleep-idle-seconds", "1", record=record),
+                    "sleep": {"preset": "llamacpp", "after": 1}}}
+    with stack(tmp_path, models, extra={"release_grace": 0.2}) as s:
+        pid = s.get("/m/echo").json()["pid"]
+        wait_for(lambda: s.status()["m"]["state"] == "sleeping", 15, "the model to sleep")
+        assert request(port, "GET", "/props").json()["is_sleeping"] is True
+        woken = s.get("/m/echo")  # straight to the port: the engine reloads, then answers
+        assert woken.status == 200 and woken.json()["pid"] == pid
+        log = tmp_path / "daemon.log"  # the daemon counted it awake (it may sleep again since)
+        wait_for(lambda: "model=m state waking -> ready" in log.read_text(), 10,
+                 "the daemon to count the engine awake")
+        assert len(events_of(record, "wake")) == 1 and len(starts(record)) == 1

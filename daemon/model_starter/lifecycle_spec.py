@@ -147,8 +147,8 @@ class Sleep:
         return self.wake is None
 
 
-VLLM_SLEEP: Final = HttpAction("/sleep?level=1", timeout=60.0)
-VLLM_WAKE: Final = HttpAction("/wake_up", timeout=120.0)
+VLLM_SLEEP: Final = HttpAction("/sleep?level=1")  # (the timeout is the `sleep:` mapping's)
+VLLM_WAKE: Final = HttpAction("/wake_up")
 
 
 def extra_hold_seconds(hooks: Hooks, kv: KvCache | None, sleep: Sleep | None = None) -> float:

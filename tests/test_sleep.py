@@ -4,6 +4,7 @@ the pure "sleep a victim instead of stopping it" rule, idle sleeps, and admissio
 from __future__ import annotations
 
 import asyncio
+import signal
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -381,3 +382,21 @@ def test_self_waking_engine_in_error_page_mode(tmp_path: Path, record: Path) -> 
         wait_for(lambda: "model=m state waking -> ready" in log.read_text(), 10,
                  "the daemon to count the engine awake")
         assert len(events_of(record, "wake")) == 1 and len(starts(record)) == 1
+
+
+def test_restarted_daemon_adopts_and_wakes_a_sleeping_model(tmp_path: Path, record: Path) -> None:
+    """The daemon dies (SIGKILL) while its model sleeps: the next daemon adopts the process
+    and sends it `wake` once, so requests never meet the engine asleep."""
+    port = free_port()
+    models = {"m": sleeping_model(port, record, sleep={"preset": "vllm", "after": 1})}
+    with stack(tmp_path, models, extra={"release_grace": 0.2}) as s:
+        pid = s.get("/m/echo").json()["pid"]
+        wait_for(lambda: s.status()["m"]["sleep"]["asleep"], 15, "the model to fall asleep")
+        s.stop_daemon(signal.SIGKILL)
+        assert request(port, "GET", "/is_sleeping").json()["is_sleeping"] is True
+        s.start_daemon()
+        wait_for(lambda: len(events_of(record, "wake")) == 1, 15, "the adopted model's wake")
+        assert s.status()["m"]["pid"] == pid
+        answer = s.get("/m/echo")
+        assert answer.status == 200 and answer.json()["pid"] == pid
+        assert len(starts(record)) == 1

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from model_starter.admission import Admission
-from model_starter.config import ConfigError, parse_config
+from model_starter.config import ConfigError, capacity_warnings, parse_config
 from model_starter.events import FailureReason, State, StateChanged, Stopped, StopReason
 from model_starter.launchers import StartError
 from model_starter.lifecycle_spec import HttpAction, Phase, SleepPreset
@@ -76,6 +76,15 @@ def test_presets_parse() -> None:
 def test_sleep_config_errors(model: str, expected: str) -> None:
     got = problems(f"resources: {{gpu: 1}}\nmodels:\n  m:\n{model}")
     assert any(p.startswith(expected) for p in got), got
+
+
+def test_check_warns_when_the_stop_comes_before_the_sleep() -> None:
+    cfg = parse_config("models:\n  m:\n    command: [x]\n    port: 9001\n    mode: auth_request\n"
+                       "    idle_timeout: 60\n    sleep: {preset: vllm, after: 60}\n", "c.yaml",
+                       environ={})
+    assert capacity_warnings(cfg) == [
+        "c.yaml: models.m: sleep.after 60 is not below idle_timeout 60: the model is stopped "
+        "before it would sleep"]
 
 
 # -- the supervisor ---------------------------------------------------------------------------

@@ -192,9 +192,14 @@ def _always_running(spec: ModelSpec) -> bool:
 
 
 def capacity_warnings(config: Config) -> list[str]:
-    """Models that can run only while some pinned model is down (`check` prints these)."""
+    """Models that can run only while some pinned model is down, and models stopped before
+    they would sleep (`check` prints these)."""
     out = []
     for spec in config.models.values():
+        if spec.sleeps is not None and 0 < spec.idle_timeout <= spec.sleeps.after:
+            out.append(f"{config.source}: models.{spec.name}: sleep.after "
+                       f"{spec.sleeps.after:g} is not below idle_timeout {spec.idle_timeout:g}: "
+                       "the model is stopped before it would sleep")
         for pin in config.models.values():
             if pin is spec or not pin.pinned:
                 continue

@@ -230,9 +230,15 @@ async def test_a_self_waking_engine_is_woken_in_the_books() -> None:
     clock.advance(10)
     await sup.try_sleep(StopReason.IDLE)  # type: ignore[misc]
     assert sup.asleep and actions.calls == []
+    now = clock()
+    assert not sup.request_since_asleep(0, None, now + 5)
+    assert not sup.request_since_asleep(0, 6.0, now + 5)  # closed before it fell asleep
+    assert sup.request_since_asleep(0, 4.0, now + 5)  # a short request since
+    assert sup.request_since_asleep(1, None, now + 5)  # one in flight
     sup.engine_woke()
     await settle()
     assert sup.state is State.READY and actions.calls == [] and launcher.calls == ["start"]
+    assert not sup.request_since_asleep(1, None, now + 5)  # awake
 
 
 # -- capacity ---------------------------------------------------------------------------------
@@ -379,7 +385,10 @@ def test_self_waking_engine_in_error_page_mode(tmp_path: Path, record: Path) -> 
     """llama.cpp's rule: nginx sends the request to the sleeping engine, which wakes itself;
     the daemon sees it in flight at the port and counts the model awake (same process)."""
     port = free_port()
-    models = {"m": {**fake_model(port, "--sleep-idle-seconds", "1", record=record),
+    # A reload shorter than a scan: the daemon sees the finished request (its closed
+    # connection), not one in flight.
+    models = {"m": {**fake_model(port, "--sleep-idle-seconds", "1", "--wake-seconds", "0",
+                                 record=record),
                     "sleep": {"preset": "llamacpp", "after": 1}}}
     with stack(tmp_path, models, extra={"release_grace": 0.2}) as s:
         pid = s.get("/m/echo").json()["pid"]

@@ -69,7 +69,7 @@ class ActivityMonitor:
             src = sup.replay_source
             sup.observe(act.in_flight, act.last_close_ago, now,
                         None if src is None else act.source(src).peers)
-            if act.in_flight and sup.state is State.SLEEPING:
+            if sup.request_since_asleep(act.in_flight, act.last_close_ago, now):
                 sup.engine_woke()
         if shared is not None:
             self._observe_shared(scan[shared], now)

@@ -63,6 +63,7 @@ def sleep_action_runner(spec: ModelSpec, session: aiohttp.ClientSession) -> Acti
 class SleepMixin:
     run_action: ActionRunner = staticmethod(_no_runner)  # the pool's (an HTTP client)
     _asleep = False  # the engine has freed its memory (it holds `sleep.requires`)
+    _asleep_since = 0.0  # monotonic
 
     if TYPE_CHECKING:
         spec: ModelSpec
@@ -114,6 +115,13 @@ class SleepMixin:
     def asleep(self) -> bool:
         return self._asleep
 
+    def request_since_asleep(self, in_flight: int, last_close_ago: float | None,
+                             now: float) -> bool:
+        """What the port shows: a request in flight, or one that ended after the model fell
+        asleep (a short one between two scans)."""
+        return self._asleep and (in_flight > 0 or (
+            last_close_ago is not None and now - last_close_ago > self._asleep_since))
+
     # -- sleep -----------------------------------------------------------------------------
 
     def try_sleep(self, reason: StopReason, only_if_idle: bool = True) -> asyncio.Task[None] | None:
@@ -132,7 +140,7 @@ class SleepMixin:
         t0 = self._clock()
         problem = None if sleeps.sleep is None else await self.run_action("sleep", sleeps.sleep)
         if problem is None:
-            self._asleep, self._admitted = True, False
+            self._asleep, self._admitted, self._asleep_since = True, False, self._clock()
             self._transition = self._transition_kind = None
             log.info("model=%s asleep in %.3fs pid=%s (holds %s)", self.spec.name,
                      self._clock() - t0, self.launcher.pid, dict(sleeps.requires))

@@ -37,6 +37,7 @@ from model_starter.lifecycle_spec import HttpAction, Phase
 
 if TYPE_CHECKING:
     from model_starter.health import Health
+    from model_starter.history import History
     from model_starter.launchers import Launcher
     from model_starter.usage import Usage
 
@@ -70,6 +71,7 @@ class SleepMixin:
         launcher: Launcher
         health: Health
         usage: Usage
+        history: History
         _state: State
         _admitted: bool
         _start_began: float | None
@@ -147,6 +149,7 @@ class SleepMixin:
             self._notice_exit()  # it may have died meanwhile
             return
         log.warning("model=%s could not sleep (%s); stopping it instead", self.spec.name, problem)
+        self.history.stop_reason = reason
         self._set_state(State.STOPPING)
         self._transition_kind = State.STOPPING
         await self._stop(reason)

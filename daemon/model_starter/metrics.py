@@ -39,11 +39,16 @@ class _PoolGauges(Collector):
                                  labels=["model"])
         up = GaugeMetricFamily("model_starter_model_ready", "1 if the model is ready",
                                labels=["model"])
+        asleep = GaugeMetricFamily("model_starter_model_asleep",
+                                   "1 if the model sleeps (its process runs, holding "
+                                   "sleep.requires)", labels=["model"])
         for name, sup in self.pool.models.items():
             held.add_metric([name], sup.held)
             up.add_metric([name], 1 if sup.state is State.READY else 0)
+            asleep.add_metric([name], 1 if sup.asleep else 0)
         yield held
         yield up
+        yield asleep
 
 
 class Metrics:

@@ -4,7 +4,9 @@ Two sources: the kernel's view of each model's port (`activity.scan_ports`, ever
 ACTIVITY_INTERVAL), and for V2 models, whose server port is shared, nginx's activity
 feed (one syslog line over UDP per finished request, parsed by
 `protocol.parse_activity_datagram`). After each scan it runs the caller's `after_scan`
-(the reloader swaps in changed specs), then asks idle models to stop.
+(the reloader swaps in changed specs), then asks idle models to sleep (`sleep.after`) or
+to stop (`idle_timeout`, also when asleep). A request seen at the port of a sleeping engine
+that wakes itself (llama.cpp) wakes the model in the daemon's books too.
 """
 
 from __future__ import annotations
@@ -58,8 +60,9 @@ class ActivityMonitor:
         """Scan the kernel once and tell each running model what it shows."""
         now = self._clock()
         ports = {sup.launcher.activity_port: sup for sup in self._models().values()
-                 if sup.state in (State.READY, State.STOPPING)  # STOPPING: see _called_off
-                 and sup.launcher.activity_port is not None}
+                 if sup.launcher.activity_port is not None and (
+                     sup.state in (State.READY, State.STOPPING)  # STOPPING: see _called_off
+                     or _self_waking_asleep(sup))}
         shared = self._shared_port()
         scan = scan_ports([*ports, *([shared] if shared is not None else [])])
         for port, sup in ports.items():
@@ -67,6 +70,8 @@ class ActivityMonitor:
             src = sup.replay_source
             sup.observe(act.in_flight, act.last_close_ago, now,
                         None if src is None else act.source(src).peers)
+            if sup.request_since_asleep(act.in_flight, act.last_close_ago, now):
+                sup.engine_woke()
         if shared is not None:
             self._observe_shared(scan[shared], now)
 
@@ -91,9 +96,14 @@ class ActivityMonitor:
     def stop_idle(self) -> None:
         now = self._clock()
         for sup in self._models().values():
-            timeout = sup.spec.idle_timeout
-            if timeout > 0 and sup.state is State.READY and sup.usage.idle_for(now) >= timeout:
+            timeout, sleeps = sup.spec.idle_timeout, sup.spec.sleeps
+            if sup.state not in (State.READY, State.SLEEPING):
+                continue
+            idle = sup.usage.idle_for(now)
+            if timeout > 0 and idle >= timeout:
                 sup.try_stop(StopReason.IDLE)
+            elif sleeps is not None and sup.state is State.READY and idle >= sleeps.after:
+                sup.try_sleep(StopReason.IDLE)
 
     async def watch(self, interval: float = ACTIVITY_INTERVAL) -> None:
         while True:
@@ -153,3 +163,8 @@ class _ActivityFeed(asyncio.DatagramProtocol):
         name = parse_activity_datagram(data, self._key)
         if name is not None:
             self._finished(name)
+
+
+def _self_waking_asleep(sup: ModelSupervisor) -> bool:
+    sleeps = sup.spec.sleeps
+    return sup.state is State.SLEEPING and sleeps is not None and sleeps.self_waking

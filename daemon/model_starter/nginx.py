@@ -248,7 +248,13 @@ def _model_locations(config: Config, spec: ModelSpec) -> list[str]:
             f"proxy_read_timeout {_secs(spec.hold_timeout + HOLD_MARGIN_SECONDS)};",
         ])]
     entries = nginx_openai.model_entries(config, spec, upstream)
+    sleeps = spec.sleeps  # its sleep API is the daemon's, not the clients' (see Sleep)
+    guard = [] if sleeps is None else [_block(f"= /{name}{a.path.split('?')[0]}", [
+        "default_type application/json;",
+        f"return 403 {_json('forbidden', 'the model-starter daemon sleeps and wakes it')};"])
+        for a in (sleeps.sleep, sleeps.wake) if a is not None]
     return [
+        *guard,
         f"# model {name}: {where}\n" + _block(f"= /{name}", [*bare, *proxy, *bind, *auth, *on_down]),
         _block(f"/{name}/", [*strip, *proxy, *bind, *auth, *on_down]),
         *(_block(e.location, [*e.head, *proxy, *bind, *auth, *on_down]) for e in entries),

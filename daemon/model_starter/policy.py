@@ -6,7 +6,7 @@ import collections
 import itertools
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 __all__ = [
     "Holder",
@@ -31,15 +31,18 @@ class Holder:
     pinned: bool = False
     evictable: bool = True  # False while starting or stopping
     start_seconds: float = 0.0  # what bringing it back would cost (its expected start)
+    sleep_holds: Mapping[str, float] | None = None  # what it holds asleep (None: cannot sleep)
 
 
 @dataclass(frozen=True)
 class Victims:
-    """The models to stop (in order) so the new one fits; `fits` is False when none can."""
+    """The models to stop (in order) so the new one fits; `fits` is False when none can.
+    Those also in `sleep` are put to sleep instead of stopped."""
 
     names: tuple[str, ...]
     fits: bool
     busy: tuple[str, ...] = ()
+    sleep: tuple[str, ...] = ()
 
 
 def free_capacity(capacity: Mapping[str, float], holders: Iterable[Holder]) -> dict[str, float]:
@@ -86,7 +89,27 @@ def choose_victims(
     if best is None:
         return Victims((), False)
     ordered = sorted(best, key=_stop_order)
-    return Victims(tuple(c.name for c in ordered), True, tuple(c.name for c in ordered if c.busy))
+    return Victims(tuple(c.name for c in ordered), True, tuple(c.name for c in ordered if c.busy),
+                   _sleepers(requires, capacity, holders, ordered))
+
+
+def _sleepers(requires: Mapping[str, float], capacity: Mapping[str, float],
+              holders: Sequence[Holder], victims: Sequence[Holder]) -> tuple[str, ...]:
+    """The victims that may sleep instead of stopping: in stop order, each one that can sleep
+    does when the new model still fits with it asleep (holding its `sleep_holds`), every
+    resource within its capacity."""
+    asleep: dict[str, Holder] = {}
+    for v in victims:
+        if v.sleep_holds is None:
+            continue
+        trial = {**asleep, v.name: replace(v, holds=v.sleep_holds)}
+        stopped = {h.name for h in victims if h.name not in trial}
+        free = free_capacity(capacity, [trial.get(h.name, h) for h in holders
+                                        if h.name not in stopped])
+        held_asleep = {res for h in trial.values() for res in h.holds}
+        if fits(requires, free) and all(free.get(res, 0.0) >= -1e-9 for res in held_asleep):
+            asleep = trial
+    return tuple(v.name for v in victims if v.name in asleep)
 
 
 # Above this many candidates the sets are not all tried: the greedy choice, pruned.

@@ -35,6 +35,7 @@ from model_starter.monitor import ActivityMonitor
 from model_starter.protocol import ActivityRule, per_model_activity
 from model_starter.reloader import Reloader
 from model_starter.routing import replay_source
+from model_starter.sleeping import sleep_action_runner
 from model_starter.supervisor import ModelSupervisor
 from model_starter.usage import HeldTotal
 
@@ -130,6 +131,7 @@ class ModelPool:
                               self.admission.make_room, self.config.release_grace, self._clock,
                               self.held_total)
         sup.lifecycle = lifecycle_for(spec, self.config.state_dir, self._session)
+        sup.run_action = sleep_action_runner(spec, self._session)
         sup.replay_source = replay_source(self.config, spec)
         sup.refresh_activity = self.monitor.refresh
         sup.listeners.append(self._emit)

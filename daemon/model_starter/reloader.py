@@ -66,7 +66,7 @@ class Reloader:
                 del self._models[name]
                 self._add(spec).inherit(sup)
                 del self._pending[name]
-            elif sup.state is State.READY:
+            elif sup.state in (State.READY, State.SLEEPING):
                 task = sup.try_stop(StopReason.RELOAD)
                 if task is not None:  # swap the moment it is down, before a request restarts it
                     task.add_done_callback(lambda _: self.apply_pending())

@@ -33,6 +33,7 @@ from model_starter.history import History
 from model_starter.launchers import Launcher, StartError
 from model_starter.lifecycle import NOTHING, Lifecycle
 from model_starter.policy import retry_after
+from model_starter.sleeping import SleepMixin
 from model_starter.usage import HeldTotal, Usage
 
 __all__ = ["ModelSupervisor", "State"]
@@ -44,7 +45,7 @@ QUEUE_FULL_RETRY = 5
 HOLD_TIMEOUT_RETRY = 10
 
 
-class ModelSupervisor:
+class ModelSupervisor(SleepMixin):
     def __init__(
         self,
         spec: ModelSpec,
@@ -121,7 +122,7 @@ class ModelSupervisor:
 
     def starting_seconds(self, now: float | None = None) -> float | None:
         """How long the start under way has taken so far (None when not starting)."""
-        if self._state is not State.STARTING or self._start_began is None:
+        if self._state not in (State.STARTING, State.WAKING) or self._start_began is None:
             return None
         return (self._clock() if now is None else now) - self._start_began
 
@@ -129,16 +130,14 @@ class ModelSupervisor:
         """Retry-After for a request that could not wait: the expected rest of the start."""
         return retry_after(self.expected_start_seconds() - (self.starting_seconds() or 0), ceiling)
 
-    # -- requests ----------------------------------------------------------------------------
-
     async def ensure_ready(self, replay: bool = True) -> bool:
         """Return once the model is ready; True if it already was. `replay`: the request goes to
         the model once released (not a preload or an admin start): it keeps the model busy until
         it arrived. READY returns at once (the auth_request hot path) unless its process is known
-        to have exited; STOPPED, FAILED begin a start (or StartError ``crash_loop``) and wait;
-        STARTING joins it (single flight: every waiter gets the same result); STOPPING waits for
-        the stop, then starts afresh. StartError ``queue_full`` past `max_waiting` (or
-        `max_held`), ``timeout`` after `hold_timeout`, ``shutting_down`` once closed."""
+        to have exited; STOPPED, FAILED begin a start (or StartError ``crash_loop``), SLEEPING a
+        wake, and wait; STARTING, WAKING join it (single flight: every waiter gets the same
+        result); STOPPING waits for the stop, then starts afresh. StartError ``queue_full`` past
+        `max_waiting` (or `max_held`), ``timeout`` after `hold_timeout`, ``shutting_down``."""
         self._notice_exit()
         if self._state is State.READY:
             self.usage.last_activity = self._clock()
@@ -174,34 +173,33 @@ class ModelSupervisor:
             if self._closed:
                 raise StartError(FailureReason.SHUTTING_DOWN, "model-starter is shutting down",
                                  retry_after=5)
-            if self._transition is None:
+            if self._transition is None and self._state is State.SLEEPING:
+                self.begin_wake()  # single flight, like a start
+            elif self._transition is None:
                 refused = self.history.crash_loop_error(self.spec.name, self._clock())
                 if refused is not None:
                     raise refused
                 self._begin(State.STARTING, self._start())
             assert self._transition is not None
             task = self._transition
-            if self._transition_kind is State.STARTING:
+            if self._transition_kind in (State.STARTING, State.WAKING):
                 joined_start = True
                 await asyncio.shield(task)  # re-raises the start's StartError in every waiter
-            else:  # a stop under way: wait for it, then start afresh
+            else:  # a stop (or sleep) under way: wait for it, then start (or wake) afresh
                 with contextlib.suppress(Exception):
                     await asyncio.shield(task)
-
-    # -- transitions -------------------------------------------------------------------------
 
     def _begin(self, state: State, coro: Coroutine[Any, Any, None]) -> None:
         self._set_state(state)
         self._transition_kind = state
-        self._transition = asyncio.get_running_loop().create_task(coro)
-        # A start nobody waits for (preload, admin) must not log "exception never retrieved".
+        self._transition = asyncio.get_running_loop().create_task(coro)  # no "never retrieved"
         self._transition.add_done_callback(lambda t: t.cancelled() or t.exception())
 
     def _end(self, state: State) -> None:
         self._transition = None
         self._transition_kind = None
         if state is not State.READY:
-            self._admitted = False
+            self._admitted = self._asleep = False
         self._set_state(state)
 
     def _set_state(self, state: State) -> None:
@@ -278,9 +276,10 @@ class ModelSupervisor:
         """Record a crash if the ready model's process has ended (idempotent): called before every
         decision, so a request never sees "ready" for a process whose exit is already known."""
         exited = self.launcher.exited
-        if self._state is State.READY and exited is not None and exited.done():
+        if (self._state in (State.READY, State.SLEEPING) and self._transition is None
+                and exited is not None and exited.done()):
             status = exited.result()
-            self._gone(f"exited with status {status} while ready", status)
+            self._gone(f"exited with status {status} while {self._state}", status)
 
     def _gone(self, what: str, status: int | None) -> None:
         tail = self.launcher.tail(TAIL_LINES)
@@ -292,11 +291,9 @@ class ModelSupervisor:
         self._end(State.STOPPED)
 
     def try_stop(self, reason: StopReason, only_if_idle: bool = True) -> asyncio.Task[None] | None:
-        """Begin stopping a ready model if it agrees (idle, unless told otherwise): the task or None."""
+        """Begin stopping a ready or sleeping model if it agrees (idle, unless told otherwise)."""
         self._notice_exit()
-        if self._state is not State.READY or self._transition is not None:
-            return None
-        if only_if_idle and self.busy():
+        if not self.evictable or (only_if_idle and self.busy()):
             return None
         log.info("model=%s stopping (%s)", self.spec.name, reason)
         self.history.stop_reason = reason
@@ -311,17 +308,18 @@ class ModelSupervisor:
                 task = self.try_stop(reason, only_if_idle=False)
                 if task is None:
                     return
-            elif self._transition_kind is State.STARTING:
+            elif self._transition_kind in (State.STARTING, State.WAKING):
                 task.cancel()
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 await asyncio.shield(task)
 
     async def _stop(self, reason: StopReason, only_if_idle: bool = False) -> None:
         try:
-            await self.lifecycle.before_stop(self, reason)  # a crash never comes here
-            if only_if_idle and self._called_off():
-                self._end(State.READY)
-                return
+            if not self._asleep:  # (a crash never comes here; an engine asleep has no cache)
+                await self.lifecycle.before_stop(self, reason)
+                if only_if_idle and self._called_off():
+                    self._end(State.READY)
+                    return
             await self.launcher.stop()
         finally:
             if self._state is State.STOPPING:
@@ -346,6 +344,7 @@ class ModelSupervisor:
                         spec.name, reason)
             await self.launcher.stop()
             return False
+        await self.wake_adopted()  # an earlier daemon may have put it to sleep
         self._became_ready(0)  # nobody was held
         log.info("model=%s adopted pid=%s", spec.name, self.launcher.pid)
         self.emit(Adopted(model=spec.name, pid=self.launcher.pid))
@@ -395,6 +394,7 @@ class ModelSupervisor:
             **self.history.as_json(self.spec.name, now),
             "pinned": self.spec.pinned,
             "requires": dict(self.spec.requires),
+            **self.sleep_status(),
             "log_error": self.launcher.log_error,
             "lifecycle": self.lifecycle.status(),
         }

@@ -31,7 +31,7 @@ from model_starter.config.schema import (
     path_keys,
     required_keys,
 )
-from model_starter.lifecycle_spec import KV_DIR_ENV, kv_active_dir
+from model_starter.lifecycle_spec import KV_DIR_ENV, kv_active_dir, sleep_problems
 
 
 class ConfigError(Exception):
@@ -101,6 +101,8 @@ def _models(
         elif capacity is not None:
             values["requires"] = {}  # declared capacities: a model holds only what it says
         spec = cls(name=name, **values)
+        if spec.sleeps is not None:
+            _check_sleep(ctx, vnode, where, spec, capacity)
         if isinstance(spec, V2Spec):
             v2 = spec.v2_name or name
             if v2 in v2_names:
@@ -190,9 +192,14 @@ def _always_running(spec: ModelSpec) -> bool:
 
 
 def capacity_warnings(config: Config) -> list[str]:
-    """Models that can run only while some pinned model is down (`check` prints these)."""
+    """Models that can run only while some pinned model is down, and models stopped before
+    they would sleep (`check` prints these)."""
     out = []
     for spec in config.models.values():
+        if spec.sleeps is not None and 0 < spec.idle_timeout <= spec.sleeps.after:
+            out.append(f"{config.source}: models.{spec.name}: sleep.after "
+                       f"{spec.sleeps.after:g} is not below idle_timeout {spec.idle_timeout:g}: "
+                       "the model is stopped before it would sleep")
         for pin in config.models.values():
             if pin is spec or not pin.pinned:
                 continue
@@ -220,6 +227,17 @@ def _check_requires(
         elif amount > resources[res]:
             ctx.err(node, f"{where}.requires.{res}",
                     f"{amount:g} can never fit: the capacity is {resources[res]:g}")
+
+
+def _check_sleep(ctx: Ctx, vnode: Node, where: str, spec: ModelSpec,
+                 resources: Mapping[str, float] | None) -> None:
+    """`sleep:` fits `resources`, and the engine's rule for requests while asleep holds."""
+    assert spec.sleeps is not None
+    node = next((v for k, v in vnode.value if scalar(k) == "sleep"), vnode)
+    if spec.sleeps.requires:
+        _check_requires(ctx, node, f"{where}.sleep", spec.sleeps.requires, resources)
+    for problem in sleep_problems(spec.sleeps, spec.mode, getattr(spec, "command", ())):
+        ctx.err(node, f"{where}.sleep", problem)
 
 
 def _canonical_host(host: str) -> str:

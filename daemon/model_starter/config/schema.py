@@ -18,9 +18,11 @@ from model_starter.lifecycle_spec import (
     Hooks,
     Invalid,
     KvCache,
+    Sleep,
     extra_hold_seconds,
     parse_hooks,
     parse_kv_cache,
+    parse_sleep,
 )
 
 LauncherKind = Literal["process", "command", "v2"]
@@ -125,11 +127,16 @@ class ModelSpec:
     def hold_timeout(self) -> float:
         """How long the daemon may hold a request for this model (start + eviction wait)."""
         return (2 * self.startup_timeout + self.stop_timeout + 10
-                + extra_hold_seconds(self.hooks, self.kv))
+                + extra_hold_seconds(self.hooks, self.kv, self.sleeps))
 
     @property
     def kv(self) -> KvCache | None:
         """KV-cache persistence (only `launcher: process` has the key)."""
+        return None
+
+    @property
+    def sleeps(self) -> Sleep | None:
+        """The sleep state (only `launcher: process` has the key)."""
         return None
 
 
@@ -147,9 +154,18 @@ class ProcessSpec(ModelSpec):
         "them after the next start (or a mapping: `min_tokens`, `budget_mb`, `save_timeout`, "
         "`restore_timeout`, `weights`; see Fast return)", None, shown="off")
 
+    sleep: Sleep | None = key(  # noqa: RUF009
+        _reported(parse_sleep), "free accelerator memory without exiting after `after` idle "
+        "seconds, holding `requires` instead: `{preset: vllm|llamacpp|http, after, requires, "
+        "sleep, wake, timeout}` (see Sleep)", None, shown="off")
+
     @property
     def kv(self) -> KvCache | None:
         return self.kv_cache
+
+    @property
+    def sleeps(self) -> Sleep | None:
+        return self.sleep
 
 
 @dataclass(frozen=True, kw_only=True)

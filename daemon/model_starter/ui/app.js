@@ -230,7 +230,7 @@ function renderRow(m) {
   c.error.textContent = err ? `${err.reason || err.error || "error"}: ${err.detail || ""}` : "–";
   c.error.className = err ? "err" : "empty-err";
   c.chart.replaceChildren(chart(m.name, ui.history.get(m.name) || []));
-  row.start.disabled = state === "ready" || state === "starting";
+  row.start.disabled = state === "ready" || state === "starting" || state === "waking";
   row.stop.disabled = state === "stopped" || state === "stopping";
   tick(m);
 }

@@ -63,15 +63,18 @@ export function chart(name, values) {
   return svg;
 }
 
-export const HOLDING = new Set(["starting", "ready", "stopping"]);
+export const HOLDING = new Set(["starting", "ready", "stopping", "sleeping", "waking"]);
+
+// What a model holds: asleep, its `sleep.requires` (host RAM, say) instead of `requires`.
+const holdsOf = (m) => (m.state === "sleeping" && m.sleep ? m.sleep.requires : m.requires) || {};
 
 export function renderCapacity(box, resources, models) {
-  // One bar per resource: what each starting, running or stopping model holds of it.
+  // One bar per resource: what each starting, running, sleeping or stopping model holds of it.
   box.replaceChildren();
   for (const [res, cap] of Object.entries(resources)) {
     const holders = models
-      .filter((m) => HOLDING.has(m.state) && (m.requires || {})[res] > 0)
-      .map((m) => [m.name, m.requires[res], m.state]);
+      .filter((m) => HOLDING.has(m.state) && holdsOf(m)[res] > 0)
+      .map((m) => [m.name, holdsOf(m)[res], m.state]);
     const used = holders.reduce((a, [, n]) => a + n, 0);
     const bar = el("div", { class: "bar", role: "img" });
     bar.setAttribute("aria-label", `${res}: ${used} of ${cap} held` +

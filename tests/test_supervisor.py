@@ -27,6 +27,7 @@ from model_starter.events import (
 )
 from model_starter.launchers import StartError
 from model_starter.launchers.base import LauncherKind
+from model_starter.lifecycle import Lifecycle
 from model_starter.monitor import ActivityMonitor
 from model_starter.supervisor import ModelSupervisor
 from model_starter.usage import HeldTotal, Usage
@@ -302,6 +303,31 @@ async def test_idle_stop_called_off_by_a_request_that_arrived_since() -> None:
     assert not any(isinstance(e, Stopped) for e in events)
     await sup.stop(StopReason.MANUAL)  # busy, but told to
     assert sup.state is State.STOPPED and launcher.calls == ["start", "stop"]
+
+
+async def test_a_request_held_during_an_idle_stop_waits_for_it() -> None:
+    """A request that came to the daemon while the stop's save ran is held: it does not call
+    the stop off (in auth_request mode that would undo an eviction admission asked for); it
+    waits for the stop and starts the model afresh."""
+    class SlowSave(Lifecycle):
+        gate = asyncio.Event()
+
+        async def before_stop(self, model: Any, reason: StopReason) -> None:
+            await self.gate.wait()
+
+    clock = FakeClock()
+    sup, launcher, _ = supervisor(clock, [1.0, 1.0], idle_timeout=5)
+    await sup.ensure_ready()
+    sup.lifecycle = save = SlowSave()
+    sup.refresh_activity = lambda: sup.observe(0, 0.0, clock())  # nothing at the port
+    clock.advance(10)
+    task = sup.try_stop(StopReason.EVICTED)
+    assert task is not None
+    request = asyncio.create_task(sup.ensure_ready())
+    await settle()
+    assert sup.state is State.STOPPING and sup.held == 1
+    save.gate.set()
+    assert await request is False and launcher.calls == ["start", "stop", "start"]
 
 
 async def test_idle_stop_refused_while_a_request_is_held() -> None:

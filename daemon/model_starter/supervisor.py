@@ -326,9 +326,9 @@ class ModelSupervisor(SleepMixin):
                 self.emit(Stopped(model=self.spec.name, reason=reason))
                 self._end(State.STOPPED)
 
-    def _called_off(self) -> bool:  # a fresh scan just before the signal: a request came?
-        self.refresh_activity()
-        if not self.busy():
+    def _called_off(self) -> bool:  # a fresh scan just before the signal: one at the port now?
+        self.refresh_activity()  # (requests held here wait for the stop, then start it afresh)
+        if not self.usage.in_flight:
             return False
         log.info("model=%s stop called off: a request arrived", self.spec.name)
         return True

@@ -49,6 +49,29 @@ http {{
     return run_nginx(conf, d, port, "the sink nginx")
 
 
+# The njs floor: what any routing by the body costs in Debian's njs before our router's own
+# work. `redirect` enters the njs VM and redirects (the body is not read); `parse` also reads
+# the body and parses it. Both redirect to a plain `proxy_pass` of the same server.
+FLOOR_JS = """
+function redirect(r) { r.internalRedirect('@plain_post'); }
+function parse(r) { JSON.parse(r.requestText); r.internalRedirect('@plain_post'); }
+export default {redirect, parse};
+"""
+
+
+def _floor_nginx(tmp: Path, backend: int) -> tuple[str, str]:
+    """(http-level text, locations) of the njs floor in the plain server."""
+    js = tmp / "floor.js"
+    js.write_text(FLOOR_JS)
+    return (f"js_import ms_floor from {js};",
+            f"""location /floor-redirect/ {{ js_content ms_floor.redirect; }}
+        location /floor-parse/ {{
+            client_body_buffer_size 4m; client_max_body_size 4m; js_content ms_floor.parse;
+        }}
+        location /plain-post/ {{ proxy_pass http://127.0.0.1:{backend}/; }}
+        location @plain_post {{ proxy_pass http://127.0.0.1:{backend}; }}""")
+
+
 def _post_script(tmp: Path, size: int) -> tuple[str, bytes]:
     """A wrk Lua script POSTing a chat request of about `size` bytes; and that body."""
     pad = max(0, size - len(json.dumps({"model": "m", "messages": [
@@ -117,8 +140,10 @@ def openai_endpoint(settings: Settings) -> list[Row]:
     sink_port = free_port()
     model = {"command": ["sleep", "infinity"], "port": sink_port, "startup_timeout": 10}
     sink: subprocess.Popen[bytes] | None = None
+    floor_http, floor_locations = _floor_nginx(tmp, sink_port)
     s = HotPathStack(tmp, {"m": model}, backend_port=sink_port,
-                     nginx_extra={"openai": "true", "openai_max_body_size": "4m"})
+                     nginx_extra={"openai": "true", "openai_max_body_size": "4m"},
+                     plain_http=floor_http, plain_locations=floor_locations)
     pairs: list[Pair] = []
     errors = 0
     try:
@@ -142,6 +167,16 @@ def openai_endpoint(settings: Settings) -> list[Row]:
             pairs.append(Pair("GET", ("plain", f"http://127.0.0.1:{s.plain_port}/plain/bench",
                                       None),
                               ("prefix", f"{front}/m/bench", None), gated=True, got=[]))
+            script, body = _post_script(tmp, 1024)
+            plain = f"http://127.0.0.1:{s.plain_port}"
+            for kind in ("redirect", "parse"):
+                check = request(s.plain_port, "POST", f"/floor-{kind}/x", body=body,
+                                headers={"Content-Type": "application/json"})
+                if check.status != 200:
+                    raise RuntimeError(f"/floor-{kind}/: {check.status} {check.body[:200]!r}")
+                pairs.append(Pair(f"floor-{kind}", ("plain", f"{plain}/plain-post/x", script),
+                                  (f"njs-{kind}", f"{plain}/floor-{kind}/x", script),
+                                  gated=True, got=[]))
             for pair in pairs:
                 run_wrk(pair.a[1], 1, conns, worker, pair.a[2])  # warm-up, not recorded
                 errors += _rounds(pair, worker, rounds, seconds, conns)
@@ -158,13 +193,16 @@ def openai_endpoint(settings: Settings) -> list[Row]:
 def _rows(fig: str, pairs: list[Pair], errors: int, rounds: int, seconds: int,
           conns: int) -> list[Row]:
     out: list[Row] = []
-    for pair, (label, _size, target) in zip(pairs, [*SIZES, ("GET", 0, 0.99)], strict=True):
+    floors = [("floor-redirect", 0, None), ("floor-parse", 0, None)]
+    for pair, (label, _size, target) in zip(pairs, [*SIZES, ("GET", 0, 0.99), *floors],
+                                            strict=True):
         rps = _median(pair, lambda a, b: b.rps / a.rps)
         cpu = _median(pair, lambda a, b: b.cpu_per_request / a.cpu_per_request)
         a_name, b_name = pair.a[0], pair.b[0]
         ratios = ", ".join(f"{b.rps / a.rps:.3f}" for a, b in pair.got)
         what = (f"{b_name} / {a_name}" if label == "GET"
-                else f"{label} body: routed by body / prefix route")
+                else f"1 KB POST, njs floor: {b_name} / plain proxy_pass"
+                if label.startswith("floor") else f"{label} body: routed by body / prefix route")
         warn = (f"UNRELIABLE (the nginx worker was never busy ≥ {BUSY_MIN}: the machine was "
                 "loaded); " if pair.unreliable else "")
         out.append(Row(fig, f"{what}, req/s", f"{rps:.3f}",

@@ -21,15 +21,19 @@ class HotPathStack(Stack):
 
     plain_port: int = field(default_factory=free_port)
     backend_port: int = 0
+    plain_http: str = ""  # more http-level text, and more locations in the plain server
+    plain_locations: str = ""
 
     def write_nginx(self) -> Path:
         ngdir = self.generate_include("conf.d")
         conf = ngdir / "nginx.conf"
         conf.write_text(nginx_conf(ngdir, f"""include {ngdir}/model-starter.conf;
+    {self.plain_http}
     server {{
         listen 127.0.0.1:{self.plain_port};
         server_name _;
         location /plain/ {{ proxy_pass http://127.0.0.1:{self.backend_port}/; }}
+        {self.plain_locations}
     }}""", log_level="warn"))
         return conf
 

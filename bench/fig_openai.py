@@ -17,7 +17,7 @@ from bench.driver import run_alone
 from bench.harness import Row, Settings, figure, fresh_dir, stop_process
 from bench.plain_proxy import HotPathStack, run_nginx
 from bench.wrk import WrkResult, nginx_workers, run_wrk
-from tests.stack import NJS, free_port, pid_alive, port_open, request, wait_for
+from tests.stack import NJS, fake_model, free_port, pid_alive, port_open, request, wait_for
 
 BUSY_MIN = 0.9  # nginx worker CPU s per wall s for a gated round to count
 SIZES = (("1 KB", 1024, 0.9), ("64 KB", 64 * 1024, None), ("1 MB", 1024 * 1024, None))
@@ -72,12 +72,12 @@ def _floor_nginx(tmp: Path, backend: int) -> tuple[str, str]:
         location @plain_post {{ proxy_pass http://127.0.0.1:{backend}; }}""")
 
 
-def _post_script(tmp: Path, size: int) -> tuple[str, bytes]:
+def _post_script(tmp: Path, size: int, model: str = "m") -> tuple[str, bytes]:
     """A wrk Lua script POSTing a chat request of about `size` bytes; and that body."""
-    pad = max(0, size - len(json.dumps({"model": "m", "messages": [
+    pad = max(0, size - len(json.dumps({"model": model, "messages": [
         {"role": "user", "content": ""}]})))
-    body = json.dumps({"model": "m", "messages": [{"role": "user", "content": "x" * pad}]})
-    script = tmp / f"post-{size}.lua"
+    body = json.dumps({"model": model, "messages": [{"role": "user", "content": "x" * pad}]})
+    script = tmp / f"post-{model}-{size}.lua"
     script.write_text('wrk.method = "POST"\n'
                       'wrk.headers["Content-Type"] = "application/json"\n'
                       f"wrk.body = {json.dumps(body)}\n")
@@ -141,7 +141,10 @@ def openai_endpoint(settings: Settings) -> list[Row]:
     model = {"command": ["sleep", "infinity"], "port": sink_port, "startup_timeout": 10}
     sink: subprocess.Popen[bytes] | None = None
     floor_http, floor_locations = _floor_nginx(tmp, sink_port)
-    s = HotPathStack(tmp, {"m": model}, backend_port=sink_port,
+    # A model that does some work per request (tests/fakemodel.py: a thread per connection,
+    # hashes the body): the ratio a client of a small real model would see.
+    py = {**fake_model(free_port()), "idle_timeout": 0}
+    s = HotPathStack(tmp, {"m": model, "py": py}, backend_port=sink_port,
                      nginx_extra={"openai": "true", "openai_max_body_size": "4m"},
                      plain_http=floor_http, plain_locations=floor_locations)
     pairs: list[Pair] = []
@@ -167,6 +170,15 @@ def openai_endpoint(settings: Settings) -> list[Row]:
             pairs.append(Pair("GET", ("plain", f"http://127.0.0.1:{s.plain_port}/plain/bench",
                                       None),
                               ("prefix", f"{front}/m/bench", None), gated=True, got=[]))
+            script, body = _post_script(tmp, 1024, "py")
+            for path in ("/v1/chat/completions", "/py/v1/chat/completions"):  # starts py
+                check = request(s.nginx_port, "POST", path, body=body,
+                                headers={"Content-Type": "application/json"}, timeout=30)
+                if check.status != 200:
+                    raise RuntimeError(f"{path} (py): {check.status} {check.body[:200]!r}")
+            pairs.append(Pair("py", ("prefix", f"{front}/py/v1/chat/completions", script),
+                              ("by-body", f"{front}/v1/chat/completions", script),
+                              gated=False, got=[]))
             script, body = _post_script(tmp, 1024)
             plain = f"http://127.0.0.1:{s.plain_port}"
             for kind in ("redirect", "parse"):
@@ -193,16 +205,18 @@ def openai_endpoint(settings: Settings) -> list[Row]:
 def _rows(fig: str, pairs: list[Pair], errors: int, rounds: int, seconds: int,
           conns: int) -> list[Row]:
     out: list[Row] = []
-    floors = [("floor-redirect", 0, None), ("floor-parse", 0, None)]
-    for pair, (label, _size, target) in zip(pairs, [*SIZES, ("GET", 0, 0.99), *floors],
-                                            strict=True):
+    rest = [("GET", 0, 0.99), ("py", 0, None), ("floor-redirect", 0, None),
+            ("floor-parse", 0, None)]
+    for pair, (label, _size, target) in zip(pairs, [*SIZES, *rest], strict=True):
         rps = _median(pair, lambda a, b: b.rps / a.rps)
         cpu = _median(pair, lambda a, b: b.cpu_per_request / a.cpu_per_request)
         a_name, b_name = pair.a[0], pair.b[0]
         ratios = ", ".join(f"{b.rps / a.rps:.3f}" for a, b in pair.got)
         what = (f"{b_name} / {a_name}" if label == "GET"
                 else f"1 KB POST, njs floor: {b_name} / plain proxy_pass"
-                if label.startswith("floor") else f"{label} body: routed by body / prefix route")
+                if label.startswith("floor")
+                else "1 KB body, a Python model (tests/fakemodel.py): routed by body / prefix route"
+                if label == "py" else f"{label} body: routed by body / prefix route")
         warn = (f"UNRELIABLE (the nginx worker was never busy ≥ {BUSY_MIN}: the machine was "
                 "loaded); " if pair.unreliable else "")
         out.append(Row(fig, f"{what}, req/s", f"{rps:.3f}",

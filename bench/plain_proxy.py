@@ -70,9 +70,10 @@ def start_backend_nginx(tmp: Path, port: int) -> subprocess.Popen[bytes]:
     return run_nginx(conf, conf.parent, port, "backend nginx")
 
 
-def run_nginx(conf: Path, prefix: Path, port: int, what: str) -> subprocess.Popen[bytes]:
+def run_nginx(conf: Path, prefix: Path, port: int, what: str,
+              env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     """Start an nginx of ours on `conf`; return once it listens on `port`."""
-    proc = subprocess.Popen([NGINX, "-c", str(conf), "-p", str(prefix)])
+    proc = subprocess.Popen([NGINX, "-c", str(conf), "-p", str(prefix)], env=env)
     try:
         wait_for(lambda: port_open(port) or proc.poll() is not None, 10, what)
         if proc.poll() is not None:

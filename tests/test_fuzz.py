@@ -140,6 +140,7 @@ nginx_chars = st.text("abz09.:-_[] ;{}#$'\"\n\\", min_size=1, max_size=16)
 hostile = st.sampled_from(HOSTILE) | nginx_chars
 VALID = {
     "name": st.sampled_from(["m", "a.b", "Z-9_x", "v1"]),
+    "alias": st.sampled_from(["m", "Org/M-7B", "llama3.1:8b", "a@b+c"]),
     "host": st.sampled_from(["127.0.0.1", "::1", "localhost", "10.0.0.7", "example.com"]),
     "listen": st.sampled_from(["127.0.0.1:8000", "8000", "[::1]:8000 default_server",
                                "*:8000", "8000 reuseport backlog=511", "localhost:8000"]),
@@ -170,7 +171,7 @@ def nginx_configs(draw: st.DrawFn) -> tuple[dict[str, Any], dict[str, str], str]
         if draw(st.booleans()):
             spec["client_max_body_size"] = value("model_size", "size")
         if poison == "alias" or draw(st.booleans()):
-            spec["aliases"] = [value("alias", "name") + f"-alias{i}"]
+            spec["aliases"] = [value("alias", "alias") + f"-alias{i}"]
         spec["mode"] = draw(st.sampled_from(["error_page", "auth_request"]))
         models[value("model", "name") + str(i)] = spec
     listen = (value("listen", "listen").split() or ["-"])[0]
@@ -225,8 +226,9 @@ def _benign(doc: dict[str, Any], config: Config) -> dict[str, Any]:
         plain = {k: v for k, v in spec.items() if k not in ("host", "v2_name", "aliases")}
         if "host" in spec:
             plain["host"] = plain_host(config.models[name].host)
-        if "aliases" in spec:
-            plain["aliases"] = [f"a{i}"]
+        if "aliases" in spec:  # (an alias that is no model name has no V2 routes)
+            plain["aliases"] = [f"a{i}" if schema.MODEL_NAME_RE.fullmatch(a) else f"o/a{i}"
+                                for a in config.models[name].aliases]
         if "client_max_body_size" in plain:
             plain["client_max_body_size"] = "1m"
         if "v2_name" in spec:  # (the same as the name: fewer routes)

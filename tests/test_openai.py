@@ -114,7 +114,8 @@ def test_body_routing_replays_5mb_and_aliases_reach_one_process(
         tmp_path: Path, record: Path) -> None:
     """A 5 MB JSON body after a cold start arrives intact at the URI the client used; an
     alias (any case) reaches the same PID; multipart bodies go by their `model` field."""
-    models = {"m": {**fake_model(free_port(), record=record), "aliases": ["m-alias"]},
+    hf = "Org/Model-7B:q4"  # an id like a Hugging Face repository's or Ollama's
+    models = {"m": {**fake_model(free_port(), record=record), "aliases": ["m-alias", hf]},
               "other": fake_model(free_port(), record=record)}
     extra = {"resources": {"gpu": 2}}
     with stack(tmp_path, models, extra=extra) as s:
@@ -125,8 +126,12 @@ def test_body_routing_replays_5mb_and_aliases_reach_one_process(
         echo = resp.json()
         assert echo["body_sha256"] == hashlib.sha256(body).hexdigest()
         assert echo["path"] == "/v1/embeddings?api-version=1" and echo["method"] == "POST"
-        for name in ("m-alias", "M-ALIAS", "M"):
+        for name in ("m-alias", "M-ALIAS", "M", hf, hf.lower()):
             assert post(s, {"model": name}).json()["pid"] == echo["pid"]
+        assert s.get(f"/v1/models/{hf}").json()["id"] == hf
+        assert s.get("/v1/models/Org%2FModel-7B%3Aq4").json()["id"] == hf
+        assert hf in [m["id"] for m in s.get("/v1/models").json()["data"]]
+        assert s.get(f"/v2/models/{hf}/ready").json()["error"] == "unknown_model"  # /v1/ only
         form = (b"--XyZ\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.wav\"\r\n"
                 b"Content-Type: audio/wav\r\n\r\nRIFF\x00\xff model\r\n--XyZ\r\n"
                 b"Content-Disposition: form-data; name=\"model\"\r\n\r\nother\r\n--XyZ--\r\n")
@@ -247,6 +252,25 @@ def test_aliases_are_unique_names_with_file_and_line() -> None:
     ok = parse_config(config_text("  v1: {command: [x], port: 3, aliases: [c]}\n",
                                   "openai: false"))
     assert ok.models["v1"].aliases == ("c",)
+
+
+@pytest.mark.parametrize(("alias", "ok"), [
+    ("Qwen/Qwen2.5-7B-Instruct", True), ("llama3.1:8b", True), ("gpt-4o", True),
+    ("org/m@v2+x", True), ("a/..b", True), ("x" * 128, True),
+    ("a//b", False), ("a/", False), ("/a", False), ("../a", False), ("a/./b", False),
+    ("a/..", False), (".a", False), ("a b", False), ("~a", False), ("a$b", False),
+    ('a"b', False), ("a;b", False), ("x" * 129, False), ("", False),
+])
+def test_alias_rule(alias: str, ok: bool) -> None:
+    """Aliases may be ids like a Hugging Face repository's or Ollama's, nothing nginx would
+    read otherwise; a wrong one is reported with file and line."""
+    text = config_text(f"  a: {{command: [x], port: 1, aliases: [{json.dumps(alias)}]}}\n")
+    if ok:
+        assert parse_config(text, "cfg.yaml").models["a"].aliases == (alias,)
+        return
+    with pytest.raises(ConfigError) as exc:
+        parse_config(text, "cfg.yaml")
+    assert exc.value.problems[0].startswith("cfg.yaml:3: models.a.aliases[0]: expected a name")
 
 
 def test_without_njs_the_include_has_no_openai_endpoint(monkeypatch: pytest.MonkeyPatch) -> None:

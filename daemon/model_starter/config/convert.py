@@ -22,7 +22,6 @@ Node = yaml.Node
 BODY_SIZE_RE = re.compile(r"[0-9]+[kKmMgG]?")
 # Model names (and V2 names): they become nginx locations and URL paths. Always fullmatch:
 # `$` alone would let a trailing newline through.
-NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
 # The parameters of nginx's `listen` an operator may add after the address.
 # (No `ssl`/`http2`/`quic`: the generated server block has no certificate to go with them.)
@@ -300,20 +299,20 @@ def host(ctx: Ctx, node: Node, where: str) -> Any:
     return v
 
 
-def hosts(ctx: Ctx, node: Node, where: str) -> Any:
-    if not isinstance(node, yaml.SequenceNode):
-        ctx.err(node, where, f"expected a list of host names ({HOST_RULE})")
-        return BAD
-    out = [host(ctx, item, f"{where}[{i}]") for i, item in enumerate(node.value)]
-    return BAD if BAD in out else tuple(out)
+def list_of(item: Conv, what: str) -> Conv:
+    """A list whose items each go through `item`."""
+
+    def conv(ctx: Ctx, node: Node, where: str) -> Any:
+        if not isinstance(node, yaml.SequenceNode):
+            ctx.err(node, where, f"expected a list of {what}")
+            return BAD
+        out = [item(ctx, x, f"{where}[{i}]") for i, x in enumerate(node.value)]
+        return BAD if BAD in out else tuple(out)
+
+    return conv
 
 
-def name(ctx: Ctx, node: Node, where: str) -> Any:
-    v = scalar(node)
-    if not isinstance(v, str) or not NAME_RE.fullmatch(v):
-        ctx.err(node, where, f"expected a name matching {NAME_RE.pattern}, got {show(node)}")
-        return BAD
-    return v
+hosts = list_of(host, f"host names ({HOST_RULE})")
 
 
 def _split_hostport(v: str) -> tuple[str, int] | None:
@@ -374,15 +373,6 @@ amounts = mapping_of(amount)
 def as_is(ctx: Ctx, node: Node, where: str) -> Any:
     """Taken unconverted (the caller validates it with more context)."""
     return node
-
-
-def names(ctx: Ctx, node: Node, where: str) -> Any:
-    """A list of model names (aliases): each follows the model name rule."""
-    if not isinstance(node, yaml.SequenceNode):
-        ctx.err(node, where, "expected a list of names")
-        return BAD
-    out = [name(ctx, item, f"{where}[{i}]") for i, item in enumerate(node.value)]
-    return BAD if BAD in out else tuple(out)
 
 
 def switch(choices: tuple[str, ...]) -> Conv:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Literal, get_args
 
 import model_starter.config.convert as c
+import model_starter.config.names as names
 from model_starter.config.convert import Conv, Ctx, Key, Node, key
 from model_starter.config.nodes import NodeSpec, nodes
 from model_starter.lifecycle_spec import (
@@ -32,7 +33,7 @@ LAUNCHERS: tuple[LauncherKind, ...] = get_args(LauncherKind)
 OPENAI: tuple[OpenAISwitch, ...] = get_args(OpenAISwitch)
 MODES: tuple[Mode, ...] = get_args(Mode)
 
-MODEL_NAME_RE = c.NAME_RE  # always `fullmatch`
+MODEL_NAME_RE = names.NAME_RE  # always `fullmatch`
 
 # With no `resources:` declared, every model holds the one slot: one model at a time.
 ONE_AT_A_TIME = {"models": 1.0}
@@ -116,7 +117,8 @@ class ModelSpec:
         c.nested(CrashLoop), "that many failed starts or crashes within `window` s: no start "
         "for `backoff` s (503 + `Retry-After`)", CrashLoop(), shared=True)
     aliases: tuple[str, ...] = key(
-        c.names, "more names for the OpenAI (`/v1/`) and V2 (`/v2/models/`) routes", ())
+        names.aliases, "more names for the OpenAI (`/v1/`) routes, e.g. `org/model` or `model:tag`; "
+        "those that are model names also for the V2 (`/v2/models/`) routes", ())
     hooks: Hooks = key(  # noqa: RUF009
         _reported(parse_hooks), "actions `on_ready` (after healthy, before held requests are "
         "released) and `before_stop`: `{http: {method, path, body}}` or `{run: [argv]}`, "
@@ -185,7 +187,7 @@ class V2Spec(ModelSpec):
     """A model loaded into the shared KServe V2 inference server (`inference_server`)."""
 
     launcher: ClassVar[LauncherKind] = "v2"
-    v2_name: str | None = key(c.name, "its name inside the V2 server (the model name rule; "
+    v2_name: str | None = key(names.name, "its name inside the V2 server (the model name rule; "
                               "unique)", None,
                               shown="the model's name")
 

@@ -4,7 +4,6 @@ the path-prefix route, and the prefix route against a plain `proxy_pass`."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import statistics
 import subprocess
@@ -15,7 +14,7 @@ from pathlib import Path
 
 from bench.driver import run_alone
 from bench.harness import Row, Settings, figure, fresh_dir, stop_process
-from bench.plain_proxy import HotPathStack, run_nginx
+from bench.plain_proxy import HotPathStack, one_worker_conf, run_nginx
 from bench.router_floor import NJS_KINDS, lua_root, njs_floor, start_lua_floor
 from bench.wrk import WrkResult, nginx_workers, run_wrk
 from tests.stack import NJS, fake_model, free_port, pid_alive, port_open, request, wait_for
@@ -26,28 +25,10 @@ SIZES = (("1 KB", 1024, 0.9), ("64 KB", 64 * 1024, None), ("1 MB", 1024 * 1024, 
 
 def _start_sink(tmp: Path, port: int) -> subprocess.Popen[bytes]:
     """The fast "model": a one-worker nginx answering 200 "ok" to any method and body."""
-    d = tmp / "sink"
-    d.mkdir(parents=True, exist_ok=True)
-    user = "user root;" if os.geteuid() == 0 else ""
-    conf = d / "nginx.conf"
-    conf.write_text(f"""{user}
-daemon off;
-worker_processes 1;
-pid {d}/nginx.pid;
-error_log {d}/error.log warn;
-events {{ worker_connections 4096; }}
-http {{
-    access_log off;
-    client_body_temp_path {d}/body;
-    client_max_body_size 8m;
-    client_body_buffer_size 2m;
-    server {{
-        listen 127.0.0.1:{port} backlog=4096;
-        location / {{ default_type application/json; return 200 '{{"ok":true}}'; }}
-    }}
-}}
-""")
-    return run_nginx(conf, d, port, "the sink nginx")
+    conf = one_worker_conf(
+        tmp / "sink", port, """location / { default_type application/json; return 200 '{"ok":true}'; }""",
+        http="client_max_body_size 8m; client_body_buffer_size 2m;")
+    return run_nginx(conf, conf.parent, port, "the sink nginx")
 
 
 def _post_script(tmp: Path, size: int, model: str = "m") -> tuple[str, bytes]:

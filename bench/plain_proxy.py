@@ -38,14 +38,14 @@ class HotPathStack(Stack):
         return conf
 
 
-def write_backend_conf(tmp: Path, port: int) -> Path:
-    """nginx.conf of a one-worker nginx answering 200 "ok" on `port`: the fast "model"."""
-    d = tmp / "backend"
+def one_worker_conf(d: Path, port: int, server: str, http: str = "", main: str = "") -> Path:
+    """Write `d`/nginx.conf: a one-worker nginx of ours listening on `port` (the benchmarks'
+    backends and floors), `server` its server block's body, `http` and `main` more text."""
     d.mkdir(parents=True, exist_ok=True)
     conf = d / "nginx.conf"
     user = "user root;" if os.geteuid() == 0 else ""
-    conf.write_text(f"""
-{user}
+    conf.write_text(f"""{user}
+{main}
 daemon off;
 worker_processes 1;
 pid {d}/nginx.pid;
@@ -55,13 +55,20 @@ http {{
     access_log off;
     client_body_temp_path {d}/body;
     proxy_temp_path {d}/proxy;
+    {http}
     server {{
         listen 127.0.0.1:{port} backlog=4096;
-        location / {{ default_type text/plain; return 200 "ok\\n"; }}
+        {server}
     }}
 }}
 """)
     return conf
+
+
+def write_backend_conf(tmp: Path, port: int) -> Path:
+    """nginx.conf of a one-worker nginx answering 200 "ok" on `port`: the fast "model"."""
+    return one_worker_conf(tmp / "backend", port,
+                           'location / { default_type text/plain; return 200 "ok\\n"; }')
 
 
 def start_backend_nginx(tmp: Path, port: int) -> subprocess.Popen[bytes]:

@@ -18,7 +18,7 @@ import os
 import subprocess
 from pathlib import Path
 
-from bench.plain_proxy import run_nginx
+from bench.plain_proxy import one_worker_conf, run_nginx
 
 __all__ = ["NJS_KINDS", "lua_root", "njs_floor", "start_lua_floor"]
 
@@ -69,32 +69,11 @@ def _one(root: Path, pattern: str) -> Path:
 def start_lua_floor(tmp: Path, root: Path, port: int, backend: int
                     ) -> subprocess.Popen[bytes]:
     """A one-worker nginx on `port` with /plain-post/ and /floor-lua/ (see the module)."""
-    d = tmp / "lua"
-    d.mkdir(parents=True, exist_ok=True)
     modules = root / "usr/lib/nginx/modules"
     cjson = _one(root, "usr/lib/*/lua/5.1/cjson.so").parent
     libs = {_one(root, "usr/lib/*/libluajit-5.1.so.2").parent,
             _one(root, "*lib/*/libpcre.so.3").parent}
-    user = "user root;" if os.geteuid() == 0 else ""
-    conf = d / "nginx.conf"
-    conf.write_text(f"""{user}
-load_module {modules}/ndk_http_module.so;
-load_module {modules}/ngx_http_lua_module.so;
-daemon off;
-worker_processes 1;
-pid {d}/nginx.pid;
-error_log {d}/error.log warn;
-events {{ worker_connections 4096; }}
-http {{
-    access_log off;
-    client_body_temp_path {d}/body;
-    proxy_temp_path {d}/proxy;
-    lua_package_path "{root}/usr/share/lua/5.1/?.lua;;";
-    lua_package_cpath "{cjson}/?.so;;";
-    init_by_lua_block {{ cjson = require "cjson.safe" }}
-    server {{
-        listen 127.0.0.1:{port} backlog=4096;
-        location /floor-lua/ {{
+    conf = one_worker_conf(tmp / "lua", port, f"""location /floor-lua/ {{
             {IN_MEMORY}
             content_by_lua_block {{
                 ngx.req.read_body()
@@ -102,9 +81,10 @@ http {{
                 if doc then ngx.exec("@plain_post") else ngx.exit(400) end
             }}
         }}
-        {_plain(backend)}
-    }}
-}}
-""")
+        {_plain(backend)}""", http=f"""lua_package_path "{root}/usr/share/lua/5.1/?.lua;;";
+    lua_package_cpath "{cjson}/?.so;;";
+    init_by_lua_block {{ cjson = require "cjson.safe" }}""",
+        main=f"load_module {modules}/ndk_http_module.so;\n"
+             f"load_module {modules}/ngx_http_lua_module.so;")
     env = {**os.environ, "LD_LIBRARY_PATH": ":".join(str(p) for p in sorted(libs))}
-    return run_nginx(conf, d, port, "the Lua floor nginx", env=env)
+    return run_nginx(conf, conf.parent, port, "the Lua floor nginx", env=env)

@@ -511,6 +511,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--unhealthy-for", type=float, default=0.0, metavar="SECONDS")
     p.add_argument("--never-healthy", action="store_true")
     p.add_argument("--exit-at-once", type=int, default=None, metavar="CODE")
+    p.add_argument("--exit-when", default=None, metavar="FILE",
+                   help="with --exit-at-once: exit only once FILE exists (the test says when)")
     p.add_argument("--record", default=None, metavar="FILE")
     p.add_argument("--ignore-sigterm", action="store_true")
     p.add_argument("--sleep-mode", action="store_true")
@@ -536,6 +538,8 @@ def main(argv: list[str] | None = None) -> int:
     recorder.write({"event": "start", "pid": PID, "time": T0_WALL, "port": args.port})
 
     if args.exit_at_once is not None:
+        while args.exit_when and not os.path.exists(args.exit_when):
+            time.sleep(0.01)
         sys.stderr.write(
             "fakemodel: failing on purpose\n" + "".join(f"line {i}\n" for i in range(1, 26))
         )

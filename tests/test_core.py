@@ -184,7 +184,9 @@ def test_model_never_healthy_times_out_and_is_stopped(tmp_path: Path, record: Pa
 
 def test_start_failure_reaches_all_waiters(tmp_path: Path, record: Path) -> None:
     """Concurrent requests for a failing model share one attempt and get the same error."""
-    model = fake_model(free_port(), "--listen-delay", "0.3", "--exit-at-once", "4", record=record)
+    fail = tmp_path / "fail-now"
+    model = fake_model(free_port(), "--exit-at-once", "4", "--exit-when", str(fail),
+                       record=record)
     with stack(tmp_path, {"m": model}) as s:
 
         async def herd() -> list[tuple[int, str]]:
@@ -194,7 +196,14 @@ def test_start_failure_reaches_all_waiters(tmp_path: Path, record: Path) -> None
                     async with http.get(f"http://127.0.0.1:{s.nginx_port}/m/x") as r:
                         return r.status, (await r.json())["detail"]
 
-                return await asyncio.gather(*(one() for _ in range(20)))
+                async def fail_once_all_wait() -> None:
+                    while (await asyncio.to_thread(s.status))["m"]["held"] < 20:
+                        await asyncio.sleep(0.02)
+                    fail.touch()
+
+                got = await asyncio.wait_for(
+                    asyncio.gather(*(one() for _ in range(20)), fail_once_all_wait()), 60)
+                return list(got[:20])
 
         results = asyncio.run(herd())
         assert {status for status, _ in results} == {503}

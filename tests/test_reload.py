@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from model_starter import reload
+from model_starter.commands import run_command
 from model_starter.config import load_config
 from model_starter.daemon import Daemon
 from model_starter.nginx import render
@@ -31,12 +32,10 @@ time.sleep(float(sys.argv[2]))
 with open(sys.argv[1], "a") as fh:
     fh.write(f"{os.getpid()} {start} {time.monotonic()}\\n")
 """
-HANGING_COMMAND = """
-import os, sys, time
-with open(sys.argv[1], "w") as fh:
-    fh.write(str(os.getpid()))
-time.sleep(3600)
-"""
+def hanging_command(pidfile: Path) -> list[str]:
+    """A command that starts a process of its own, writes both PIDs, and waits forever."""
+    return ["sh", "-c", 'sleep 3600 & echo "$$ $!" > "$0.tmp"; mv "$0.tmp" "$0"; wait',
+            str(pidfile)]
 
 
 PORTS: dict[str, int] = {}
@@ -107,20 +106,31 @@ async def test_hanging_reload_command_is_killed_and_reported(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(reload, "RELOAD_COMMAND_TIMEOUT", 0.5)
-    pidfile, script = tmp_path / "pid", tmp_path / "hang.py"
-    script.write_text(HANGING_COMMAND)
+    pidfile = tmp_path / "pid"
     path = tmp_path / "config.yaml"
-    _write_config(path, ["a"], [sys.executable, str(script), str(pidfile)])
+    _write_config(path, ["a"], hanging_command(pidfile))
     pool = ModelPool(load_config(str(path)))
     await pool.open()
     try:
-        _write_config(path, ["a", "b"], [sys.executable, str(script), str(pidfile)])
+        _write_config(path, ["a", "b"], hanging_command(pidfile))
         result = await Reloader(pool, str(path)).reload()
     finally:
         await pool.close()
     assert result["ok"] is True and result["added"] == ["b"]  # the daemon's part took effect
     assert result["nginx"] == "reload failed: timed out after 0.5s"
-    assert not pid_alive(int(pidfile.read_text()))
+    await _until(lambda: not any(pid_alive(int(pid)) for pid in pidfile.read_text().split()))
+
+
+async def test_a_cancelled_command_ends_with_what_it_started(tmp_path: Path) -> None:
+    """A shutdown cancels a reload (or a hook, or a start command) under way: the command
+    and the processes it started are killed, not left running."""
+    pidfile = tmp_path / "pid"
+    task = asyncio.create_task(run_command(hanging_command(pidfile), 60))
+    await _until(pidfile.exists)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await _until(lambda: not any(pid_alive(int(pid)) for pid in pidfile.read_text().split()))
 
 
 async def test_sighup_before_ready_is_carried_out_once_running(

@@ -273,6 +273,16 @@ def test_alias_rule(alias: str, ok: bool) -> None:
     assert exc.value.problems[0].startswith("cfg.yaml:3: models.a.aliases[0]: expected a name")
 
 
+def test_a_v2_models_aliases_follow_the_name_rule() -> None:
+    """A `launcher: v2` model is reached by /v2/models/NAME only: `org/model` is refused."""
+    text = config_text("  iris: {launcher: v2, aliases: [flower, org/iris]}\n")
+    with pytest.raises(ConfigError) as exc:
+        parse_config(text, "cfg.yaml")
+    assert exc.value.problems == [
+        "cfg.yaml:3: models.iris.aliases[1]: a V2 model is reached by /v2/models/NAME only, "
+        "so its aliases follow the model name rule [A-Za-z0-9][A-Za-z0-9._-]{0,63}"]
+
+
 def test_without_njs_the_include_has_no_openai_endpoint(monkeypatch: pytest.MonkeyPatch) -> None:
     """nginx.openai: false, or auto on a machine without njs (with a note): no js directives,
     prefix routes and V2 paths as before, the default error locations."""

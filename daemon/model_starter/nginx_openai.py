@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any, Final
 
 from model_starter.config import Config, ModelSpec, V2Spec
-from model_starter.config.schema import MODEL_NAME_RE
 from model_starter.nginx_syntax import block, upstream_var
 from model_starter.openai_errors import openai_error
 from model_starter.protocol import ANSWER_HEADER, ANSWER_NOT_REPLAYED, OPENAI_PREFIX, V2_PREFIX
@@ -112,8 +111,7 @@ def model_entries(config: Config, spec: ModelSpec, upstream: str) -> list[Entry]
     # The shared server knows the model by its v2_name; the URI is rewritten (not replaced
     # by proxy_pass) because the activity log reports $uri.
     target = f"{V2_PREFIX}{spec.v2_name or spec.name}"
-    # A V2 model name is one path segment: an alias like `org/model` is for /v1/ only.
-    for name in (n for n in _names(spec) if MODEL_NAME_RE.fullmatch(n)):
+    for name in _names(spec):
         head: tuple[str, ...] = (f"proxy_pass http://{upstream};",)
         if name != (spec.v2_name or spec.name):
             rx = re.escape(f"{V2_PREFIX}{name}")

@@ -20,8 +20,6 @@ from yaml.constructor import SafeConstructor
 
 Node = yaml.Node
 BODY_SIZE_RE = re.compile(r"[0-9]+[kKmMgG]?")
-# Model names (and V2 names): they become nginx locations and URL paths. Always fullmatch:
-# `$` alone would let a trailing newline through.
 _LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
 # The parameters of nginx's `listen` an operator may add after the address.
 # (No `ssl`/`http2`/`quic`: the generated server block has no certificate to go with them.)

@@ -10,6 +10,8 @@ from model_starter.config.convert import BAD, Ctx, Node, list_of, scalar, show
 
 __all__ = ["ALIAS_RE", "NAME_RE", "alias", "aliases", "name"]
 
+# Model names (and V2 names): they become nginx locations and URL paths. Always fullmatch:
+# `$` alone would let a trailing newline through.
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 # An alias may also be an id OpenAI-style clients send: `Qwen/Qwen2.5-7B-Instruct` (a Hugging
 # Face repository, vLLM's default name), `llama3.1:8b` (Ollama's); its `/`-separated parts are

@@ -168,6 +168,10 @@ def _check_names(ctx: Ctx, items: list[tuple[str, Node, Node]],
                 ctx.err(alias_node.value[i], f"models.{name}.aliases[{i}]",
                         f"'{alias}' already names model '{owner[alias.lower()]}'; every name "
                         "and alias must be unique (case-insensitively)")
+            elif isinstance(spec, V2Spec) and not MODEL_NAME_RE.fullmatch(alias):
+                ctx.err(alias_node.value[i], f"models.{name}.aliases[{i}]",
+                        f"a V2 model is reached by /v2/models/NAME only, so its aliases "
+                        f"follow the model name rule {MODEL_NAME_RE.pattern}")
             else:
                 owner[alias.lower()] = name
 

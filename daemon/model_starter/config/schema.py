@@ -117,8 +117,9 @@ class ModelSpec:
         c.nested(CrashLoop), "that many failed starts or crashes within `window` s: no start "
         "for `backoff` s (503 + `Retry-After`)", CrashLoop(), shared=True)
     aliases: tuple[str, ...] = key(
-        names.aliases, "more names for the OpenAI (`/v1/`) routes, e.g. `org/model` or `model:tag`; "
-        "those that are model names also for the V2 (`/v2/models/`) routes", ())
+        names.aliases, "more names: on the OpenAI (`/v1/`) routes, e.g. `org/model` or "
+        "`model:tag`; a `launcher: v2` model's on its V2 (`/v2/models/`) routes (the model name "
+        "rule)", ())
     hooks: Hooks = key(  # noqa: RUF009
         _reported(parse_hooks), "actions `on_ready` (after healthy, before held requests are "
         "released) and `before_stop`: `{http: {method, path, body}}` or `{run: [argv]}`, "
